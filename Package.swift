@@ -1,0 +1,70 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "IDMerge",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "idmerge", targets: ["idmerge"]),
+        .library(name: "IDMergeCore", targets: ["IDMergeCore"]),
+        .library(name: "PGClient", targets: ["PGClient"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CLibPQ",
+            pkgConfig: "libpq",
+            providers: [.apt(["libpq-dev", "pkg-config"]), .brew(["libpq", "pkg-config"])]
+        ),
+        .systemLibrary(
+            name: "CZlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
+        .target(
+            name: "PGClient",
+            dependencies: [
+                "CLibPQ",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "IDMergeSQL",
+            path: ".",
+            exclude: [
+                "Sources/CLibPQ", "Sources/CZlib", "Sources/PGClient", "Sources/IDMergeCore", "Sources/idmerge",
+                "Tests", "scripts", "Benchmarks", "README.md", "BENCHMARKS.md", ".ci", ".swift-format",
+            ],
+            sources: ["Sources/IDMergeSQL"],
+            resources: [.copy("migrations"), .copy("sql")]
+        ),
+        .target(
+            name: "IDMergeCore",
+            dependencies: [
+                "PGClient",
+                "IDMergeSQL",
+                "CZlib",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "idmerge",
+            dependencies: [
+                "IDMergeCore",
+                "PGClient",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "PGClientTests",
+            dependencies: ["PGClient"]
+        ),
+        .testTarget(
+            name: "IDMergeCoreTests",
+            dependencies: ["IDMergeCore", "PGClient"]
+        ),
+    ]
+)

@@ -1,0 +1,137 @@
+import Foundation
+import Logging
+import PGClient
+
+/// The nightly batch job: writes the identity map into `idmerge.events.distinct_id`.
+///
+/// It works in committed chunks of mappings (``chunkSize``), oldest first, through
+/// `idmerge.nightly_rewrite_chunk`, so a crash (even `kill -9`) loses at most the chunk in
+/// flight and the next run finishes with the same end state. A session-level advisory lock
+/// per project keeps two runs from overlapping. Every run is a row of `idmerge.job_runs`.
+/// The live view stays exact throughout: mappings not yet marked rewritten keep correcting
+/// the events they touch.
+public struct NightlyJob {
+    public let connection: Connection
+    public let project: Project
+    public let logger: Logger
+    /// Mappings per committed chunk.
+    public var chunkSize = 2000
+    /// Called after each chunk with the totals so far.
+    public var progress: ((_ links: Int, _ rows: Int) -> Void)?
+
+    public init(connection: Connection, project: Project, logger: Logger) {
+        self.connection = connection
+        self.project = project
+        self.logger = logger
+    }
+
+    /// What a run did.
+    public struct Result: Sendable, Equatable {
+        public var runId: Int64
+        public var linksApplied: Int
+        public var rowsRewritten: Int
+    }
+
+    /// Another run holds the project's nightly lock.
+    public struct LockBusy: Error, CustomStringConvertible {
+        public var project: String
+        public var description: String {
+            "another nightly run for project \(project) is in progress; try again when it ends (or run without --no-wait to wait for it)"
+        }
+    }
+
+    /// The advisory-lock key of a project's nightly job.
+    public static func lockKey(projectId: Int) -> Int64 {
+        Connection.advisoryKey("idmerge.nightly.\(projectId)")
+    }
+
+    /// Runs the job.
+    ///
+    /// - Parameter wait: when false and another run holds the lock, throws ``LockBusy`` at once.
+    /// - Throws: ``LockBusy``; ``PostgresError`` (the run is recorded as failed, and the
+    ///   chunks committed before the failure stay).
+    public func run(wait: Bool = true) throws -> Result {
+        let result = try connection.withAdvisoryLock(key: Self.lockKey(projectId: project.id), wait: wait) {
+            () throws -> Result in
+            // Runs left 'running' by a crash cannot be running now: we hold the lock.
+            try connection.query(
+                """
+                update idmerge.job_runs set outcome = 'failed', finished_at = coalesce(finished_at, now()),
+                    message = 'interrupted (the process ended before the run finished)'
+                where project_id = $1 and job = 'nightly' and outcome = 'running'
+                """, [project.id])
+            let runId: Int64 = try connection.query(
+                "insert into idmerge.job_runs (project_id, job) values ($1, 'nightly') returning id", [project.id]
+            ).first!.decode("id")
+            var links = 0
+            var rows = 0
+            do {
+                while true {
+                    let step = try connection.transaction { connection -> (Int, Int) in
+                        let row = try connection.query(
+                            "select links, rows_rewritten from idmerge.nightly_rewrite_chunk($1, $2)",
+                            [project.id, chunkSize]
+                        ).first!
+                        let stepLinks: Int = try row.decode("links")
+                        let stepRows: Int = try row.decode("rows_rewritten")
+                        if stepLinks > 0 {
+                            try connection.query(
+                                """
+                                update idmerge.job_runs set links_applied = links_applied + $2,
+                                    rows_rewritten = rows_rewritten + $3
+                                where id = $1
+                                """, [runId, stepLinks, stepRows])
+                        }
+                        return (stepLinks, stepRows)
+                    }
+                    if step.0 == 0 { break }
+                    links += step.0
+                    rows += step.1
+                    progress?(links, rows)
+                    if step.0 < chunkSize { break }
+                }
+                try connection.query(
+                    "update idmerge.job_runs set outcome = 'succeeded', finished_at = clock_timestamp() where id = $1",
+                    [runId])
+            } catch {
+                _ = try? connection.query(
+                    "update idmerge.job_runs set outcome = 'failed', finished_at = clock_timestamp(), message = $2 where id = $1",
+                    [runId, String(describing: error)])
+                throw error
+            }
+            return Result(runId: runId, linksApplied: links, rowsRewritten: rows)
+        }
+        guard let result else { throw LockBusy(project: project.name) }
+        return result
+    }
+}
+
+/// A project's identity freshness, as every report states it (decisions.md, Funnels:
+/// "Propagation lag").
+public struct Freshness: Sendable, Equatable {
+    /// The newest stored event's time (UTC), nil for an empty project.
+    public var newestEventAt: Date?
+    /// The end of the last successful nightly run, nil before the first.
+    public var identityAsOf: Date?
+    /// Identity mappings the nightly job has not yet written into the events.
+    public var pendingLinks: Int
+    /// Events those mappings change.
+    public var pendingEvents: Int
+    public var lastRunStartedAt: Date?
+    public var lastRunFinishedAt: Date?
+    public var lastRunOutcome: String?
+    public var lastRunLinksApplied: Int?
+    public var lastRunRowsRewritten: Int?
+
+    /// Reads the project's freshness (`sql/queries/project_status.sql`).
+    public static func read(project: Project, on connection: Connection) throws -> Freshness {
+        let row = try connection.query(try SQLResources.query("queries/project_status.sql"), [project.id]).first!
+        return Freshness(
+            newestEventAt: try row.decode("newest_event_at"), identityAsOf: try row.decode("identity_as_of"),
+            pendingLinks: try row.decode("pending_links"), pendingEvents: try row.decode("pending_events"),
+            lastRunStartedAt: try row.decode("last_run_started_at"),
+            lastRunFinishedAt: try row.decode("last_run_finished_at"), lastRunOutcome: row["last_run_outcome"],
+            lastRunLinksApplied: try row.decode("last_run_links_applied"),
+            lastRunRowsRewritten: try row.decode("last_run_rows_rewritten"))
+    }
+}

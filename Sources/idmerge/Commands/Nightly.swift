@@ -1,0 +1,47 @@
+import ArgumentParser
+import Foundation
+import IDMergeCore
+import Logging
+import PGClient
+
+struct Nightly: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Rewrite resolved distinct_ids on the stored events for links made since the last run.",
+        discussion: """
+            Works in committed chunks; a crash loses at most the chunk in flight, and the next run \
+            finishes the work. Exit codes: 0 done; 75 another run holds the lock (with --no-wait); 1 failure.
+            """
+    )
+
+    @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var projectOption: ProjectOption
+    @Flag(name: .customLong("no-wait"), help: "Exit with code 75 instead of waiting when another run is in progress.")
+    var noWait = false
+    @Option(name: .customLong("chunk-size"), help: "Identity mappings per committed chunk.")
+    var chunkSize = 2000
+
+    func run() throws {
+        try runReporting {
+            let logger = connection.makeLogger()
+            let db = try connection.connect(logger: logger, applicationName: "idmerge nightly")
+            defer { db.close() }
+            guard let project = try Projects.find(name: projectOption.project, on: db) else {
+                throw ProjectError(message: "no project named \"\(projectOption.project)\"")
+            }
+            var job = NightlyJob(connection: db, project: project, logger: logger)
+            job.chunkSize = max(1, chunkSize)
+            job.progress = { links, rows in printError("  \(links) links applied, \(rows) rows rewritten") }
+            let start = Date()
+            do {
+                let result = try job.run(wait: !noWait)
+                print(
+                    "nightly run \(result.runId): \(result.linksApplied) links applied, \(result.rowsRewritten) rows rewritten in \(String(format: "%.2f", Date().timeIntervalSince(start))) s"
+                )
+            } catch let busy as NightlyJob.LockBusy {
+                printError("idmerge: \(busy)")
+                throw ExitCodes.lockBusy
+            }
+        }
+    }
+}
+

@@ -1,0 +1,60 @@
+-- idmerge.nightly_rewrite_chunk: one committed step of the nightly job. Takes up to
+-- chunk_size identity mappings the events do not reflect yet (oldest first), rewrites
+-- distinct_id on exactly the events they change, and marks them rewritten.
+--
+-- Cost grows with the events changed, not the table: each mapping is a lookup on the
+-- events' (project_id, ingested_distinct_id, ...) index, forced by the function's
+-- planner settings, never a scan of every event.
+-- Safe against concurrent imports: a mapping changed while the step runs (a newer seq) is
+-- not marked, so it stays pending and the live view keeps correcting it.
+
+create or replace function idmerge.nightly_rewrite_chunk(p_project_id integer, chunk_size integer)
+returns table (links bigint, rows_rewritten bigint)
+language plpgsql
+set enable_hashjoin = off
+set enable_mergejoin = off
+set enable_seqscan = off
+as $$
+declare
+    link_count bigint;
+    row_count_rewritten bigint;
+begin
+    drop table if exists pg_temp.idmerge_nightly_chunk;
+    create temp table idmerge_nightly_chunk on commit drop as
+    select m.id, m.canonical_id, m.seq
+    from idmerge.identity_map as m
+    where m.project_id = p_project_id and not m.rewritten
+    order by m.seq, m.id
+    limit chunk_size;
+
+    get diagnostics link_count = row_count;
+    if link_count = 0 then
+        links := 0;
+        rows_rewritten := 0;
+        return next;
+        return;
+    end if;
+    analyze pg_temp.idmerge_nightly_chunk;
+
+    update idmerge.events as e
+    set distinct_id = c.canonical_id, resolved_seq = c.seq
+    from pg_temp.idmerge_nightly_chunk as c
+    where e.project_id = p_project_id
+        and e.ingested_distinct_id = c.id
+        and e.resolved_seq < c.seq;
+
+    get diagnostics row_count_rewritten = row_count;
+
+    update idmerge.identity_map as m
+    set rewritten = true, updated_at = now()
+    from pg_temp.idmerge_nightly_chunk as c
+    where m.project_id = p_project_id and m.id = c.id and m.seq = c.seq;
+
+    links := link_count;
+    rows_rewritten := row_count_rewritten;
+    return next;
+end
+$$;
+
+comment on function idmerge.nightly_rewrite_chunk(integer, integer) is
+    'One committed step of the nightly job: writes up to chunk_size pending identity mappings into idmerge.events.';

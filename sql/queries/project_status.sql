@@ -1,0 +1,48 @@
+-- One row: a project's freshness. newest_event_at, the last nightly run and its outcome,
+-- identity_as_of (end of the last successful run), pending_links and the events they touch.
+-- $1: project id.
+with newest as (
+    select max(time) as newest_event_at from idmerge.events where project_id = $1
+),
+last_run as (
+    select started_at, finished_at, outcome, links_applied, rows_rewritten
+    from idmerge.job_runs
+    where project_id = $1 and job = 'nightly'
+    order by id desc
+    limit 1
+),
+last_success as (
+    select max(finished_at) as identity_as_of
+    from idmerge.job_runs
+    where project_id = $1 and job = 'nightly' and outcome = 'succeeded'
+),
+pending as (
+    select count(*) as pending_links
+    from idmerge.identity_map
+    where project_id = $1 and not rewritten
+),
+pending_events as (
+    select count(*) as pending_events
+    from idmerge.identity_map as m
+    inner join idmerge.events as e
+        on e.project_id = m.project_id and e.ingested_distinct_id = m.id and e.resolved_seq < m.seq
+    where m.project_id = $1 and not m.rewritten
+),
+final as (
+    select
+        newest.newest_event_at,
+        last_run.started_at as last_run_started_at,
+        last_run.finished_at as last_run_finished_at,
+        last_run.outcome as last_run_outcome,
+        last_run.links_applied as last_run_links_applied,
+        last_run.rows_rewritten as last_run_rows_rewritten,
+        last_success.identity_as_of,
+        pending.pending_links,
+        pending_events.pending_events
+    from newest
+    cross join last_success
+    cross join pending
+    cross join pending_events
+    left join last_run on true
+)
+select * from final
