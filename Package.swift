@@ -64,7 +64,7 @@ let package = Package(
         ),
         .testTarget(
             name: "IDMergeCoreTests",
-            dependencies: ["IDMergeCore", "PGClient"]
+            dependencies: ["IDMergeCore", "PGClient", "CZlib"]
         ),
     ]
 )

@@ -21,6 +21,7 @@ returns table (stored bigint, duplicates bigint, links bigint)
 language plpgsql as $$
 declare
     staged_count bigint;
+    seq_span bigint;
     seq_base bigint;
     batch_count bigint;
     replaced_count bigint;
@@ -28,10 +29,13 @@ declare
 begin
     perform pg_advisory_xact_lock(hashtext('idmerge.project'), p_project_id);
 
-    select count(*) into staged_count from pg_temp.idmerge_stage;
-    update idmerge.projects set last_seq = last_seq + staged_count
+    -- Accepted records, and the span of positions the batch's sequence numbers take.
+    select count(*) filter (where refused_reason is null), coalesce(max(pos) + 1, 0)
+        into staged_count, seq_span
+    from pg_temp.idmerge_stage;
+    update idmerge.projects set last_seq = last_seq + seq_span
         where id = p_project_id
-        returning last_seq - staged_count into seq_base;
+        returning last_seq - seq_span into seq_base;
 
     drop table if exists pg_temp.idmerge_batch;
     create temp table idmerge_batch on commit drop as
@@ -47,6 +51,7 @@ begin
             s.user_id,
             s.warning
         from pg_temp.idmerge_stage as s
+        where s.refused_reason is null
     ),
     keyed as (
         select

@@ -286,7 +286,9 @@ public final class Connection {
             let length = PQgetCopyData(handle, &buffer, 0)
             if length > 0, let buffer {
                 if failure == nil {
-                    do { try handler(UnsafeRawBufferPointer(start: buffer, count: Int(length))) } catch { failure = error }
+                    do { try handler(UnsafeRawBufferPointer(start: buffer, count: Int(length))) } catch {
+                        failure = error
+                    }
                 }
                 PQfreemem(buffer)
             } else {

@@ -42,7 +42,8 @@ public struct ConnectionSettings: Sendable {
         if !set.isEmpty { return ConnectionSettings(conninfo: "", source: .libpqEnvironment(set)) }
         let local = LocalDatabase.fromEnvironment(environment)
         if let layout = local.layout(), local.isRunning() {
-            return ConnectionSettings(conninfo: LocalDatabase.url(for: layout), source: .localDatabase(home: local.home.path))
+            return ConnectionSettings(
+                conninfo: LocalDatabase.url(for: layout), source: .localDatabase(home: local.home.path))
         }
         return ConnectionSettings(conninfo: "", source: .libpqDefaults)
     }

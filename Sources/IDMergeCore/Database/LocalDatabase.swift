@@ -52,7 +52,8 @@ public struct LocalDatabase: Sendable {
     public static func url(for layout: Layout) -> String {
         var allowed = CharacterSet.alphanumerics
         allowed.insert(charactersIn: "-._~")
-        let host = layout.socketDirectory.addingPercentEncoding(withAllowedCharacters: allowed) ?? layout.socketDirectory
+        let host =
+            layout.socketDirectory.addingPercentEncoding(withAllowedCharacters: allowed) ?? layout.socketDirectory
         return "postgresql://\(layout.user)@\(host):\(layout.port)/\(layout.databaseName)"
     }
 
@@ -146,7 +147,8 @@ public struct LocalDatabase: Sendable {
         let user = ProcessInfo.processInfo.environment["USER"].flatMap { $0.isEmpty ? nil : $0 } ?? "idmerge"
         return Layout(
             dataDirectory: home.appendingPathComponent("data").path, socketDirectory: socket, port: 5432,
-            databaseName: "idmerge", user: user, osUser: nil, logFile: home.appendingPathComponent("postgresql.log").path)
+            databaseName: "idmerge", user: user, osUser: nil,
+            logFile: home.appendingPathComponent("postgresql.log").path)
     }
 
     private func prepareDirectories(_ layout: Layout) throws {
@@ -236,7 +238,8 @@ public struct LocalDatabase: Sendable {
         guard output.status == 0 else {
             let name = URL(fileURLWithPath: executable).lastPathComponent
             throw LocalDatabaseError(
-                message: "\(name) failed (exit \(output.status)): \(output.output.trimmingCharacters(in: .whitespacesAndNewlines))"
+                message:
+                    "\(name) failed (exit \(output.status)): \(output.output.trimmingCharacters(in: .whitespacesAndNewlines))"
             )
         }
         return output
@@ -281,7 +284,8 @@ enum Subprocess {
         if executable.contains("/") {
             path = executable
         } else {
-            let searchPath = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+            let searchPath =
+                ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
             guard
                 let found = searchPath.split(separator: ":").map({ "\($0)/\(executable)" })
                     .first(where: { FileManager.default.isExecutableFile(atPath: $0) })

@@ -81,7 +81,9 @@ public struct EventRules: Sendable {
             return .refuse(field: "event", reason: "must not be empty")
         }
         guard record.propertiesRange != nil else {
-            if record.propertiesKind == nil { return .refuse(field: "properties", reason: "missing: every event needs properties") }
+            if record.propertiesKind == nil {
+                return .refuse(field: "properties", reason: "missing: every event needs properties")
+            }
             return .refuse(field: "properties", reason: "must be a JSON object")
         }
         let fields = record.fields
@@ -92,7 +94,8 @@ public struct EventRules: Sendable {
             return .refuse(field: "properties.time", reason: "missing: must be specified as seconds since epoch")
         }
         guard case .number(let timeText) = timeValue else {
-            return .refuse(field: "properties.time", reason: "must be a number of seconds (or milliseconds) since epoch")
+            return .refuse(
+                field: "properties.time", reason: "must be a number of seconds (or milliseconds) since epoch")
         }
         guard let millis = Self.millis(fromTimeLiteral: timeText) else {
             return .refuse(field: "properties.time", reason: "is out of range: \(timeText)")

@@ -96,7 +96,8 @@ public final class Importer {
                         summary.ignored += 1
                     case .refuse(let field, let reason, let insertId):
                         summary.refused += 1
-                        try writeRefused(writer, pos: pos, record: record, field: field, reason: reason, insertId: insertId)
+                        try writeRefused(
+                            writer, pos: pos, record: record, field: field, reason: reason, insertId: insertId)
                     }
                     if summary.records % 4096 == 0, let progress, Date().timeIntervalSince(lastReport) >= 1 {
                         lastReport = Date()
@@ -149,9 +150,12 @@ public final class Importer {
         if let error = record.structuralError {
             return .refuse(field: "(record)", reason: error, insertId: nil)
         }
-        if let length = record.truncatedLength ?? (record.bytes.count > EventRules.maxEventBytes ? record.bytes.count : nil) {
+        if let length = record.truncatedLength
+            ?? (record.bytes.count > EventRules.maxEventBytes ? record.bytes.count : nil)
+        {
             return .refuse(
-                field: "(record)", reason: "event is \(length) bytes; at most \(EventRules.maxEventBytes) bytes (1 MB) of JSON",
+                field: "(record)",
+                reason: "event is \(length) bytes; at most \(EventRules.maxEventBytes) bytes (1 MB) of JSON",
                 insertId: nil)
         }
         let scanned: ScannedRecord
@@ -260,10 +264,18 @@ public final class Importer {
     @inline(__always) private func appendEscaped(_ line: inout [UInt8], _ bytes: UnsafeBufferPointer<UInt8>) {
         for b in bytes {
             switch b {
-            case 0x5C: line.append(0x5C); line.append(0x5C)
-            case 0x09: line.append(0x5C); line.append(UInt8(ascii: "t"))
-            case 0x0A: line.append(0x5C); line.append(UInt8(ascii: "n"))
-            case 0x0D: line.append(0x5C); line.append(UInt8(ascii: "r"))
+            case 0x5C:
+                line.append(0x5C)
+                line.append(0x5C)
+            case 0x09:
+                line.append(0x5C)
+                line.append(UInt8(ascii: "t"))
+            case 0x0A:
+                line.append(0x5C)
+                line.append(UInt8(ascii: "n"))
+            case 0x0D:
+                line.append(0x5C)
+                line.append(UInt8(ascii: "r"))
             default: line.append(b)
             }
         }

@@ -103,7 +103,8 @@ public struct JSONScanner {
         }
         cursor.skipWhitespace()
         guard cursor.index == bytes.count else {
-            throw JSONScanError(field: "(record)", reason: "malformed JSON: unexpected data after the object at byte \(cursor.index)")
+            throw JSONScanError(
+                field: "(record)", reason: "malformed JSON: unexpected data after the object at byte \(cursor.index)")
         }
         return record
     }
@@ -173,7 +174,9 @@ private struct Cursor {
 
     mutating func literal(_ word: StaticString, field: String) throws {
         let count = word.utf8CodeUnitCount
-        guard index + count <= bytes.count else { throw error(field, "malformed JSON: invalid literal at byte \(index)") }
+        guard index + count <= bytes.count else {
+            throw error(field, "malformed JSON: invalid literal at byte \(index)")
+        }
         let pointer = word.utf8Start
         for k in 0..<count where bytes[index + k] != pointer[k] {
             throw error(field, "malformed JSON: invalid literal at byte \(index)")
@@ -203,7 +206,8 @@ private struct Cursor {
             if let key {
                 memberPath = path + "." + key
             } else if depth <= 1 {
-                let raw = String(decoding: UnsafeBufferPointer(rebasing: bytes[(keyStart + 1)..<(index - 1)]), as: UTF8.self)
+                let raw = String(
+                    decoding: UnsafeBufferPointer(rebasing: bytes[(keyStart + 1)..<(index - 1)]), as: UTF8.self)
                 memberPath = path + "." + raw
             } else {
                 memberPath = path
@@ -323,7 +327,8 @@ private struct Cursor {
                         throw error(field, "string contains \\u0000, which PostgreSQL cannot store")
                     }
                     if scalar >= 0xD800 && scalar <= 0xDBFF {
-                        guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"), bytes[index + 1] == UInt8(ascii: "u")
+                        guard index + 1 < bytes.count, bytes[index] == UInt8(ascii: "\\"),
+                            bytes[index + 1] == UInt8(ascii: "u")
                         else { throw error(field, "string contains an unpaired UTF-16 surrogate") }
                         index += 2
                         let low = try hex4(field: field)

@@ -92,6 +92,14 @@ final class GzipSource: ByteSource {
                 stream.avail_in = UInt32(n)
                 if n == 0 { innerEOF = true }
             }
+            if stream.avail_in == 0 && innerEOF {
+                // The source has ended: cleanly only between gzip members.
+                guard memberComplete else {
+                    throw SourceError(source: name, reason: "the gzip data ends early (is the file truncated?)")
+                }
+                finished = true
+                return 0
+            }
             let available = stream.avail_in
             let status: Int32 = input.withUnsafeMutableBufferPointer { pointer in
                 stream.next_in = pointer.baseAddress! + inputOffset
@@ -99,21 +107,16 @@ final class GzipSource: ByteSource {
                 stream.avail_out = UInt32(count)
                 return inflate(&stream, Z_NO_FLUSH)
             }
-            inputOffset += Int(available - stream.avail_in)
+            let consumed = Int(available - stream.avail_in)
+            inputOffset += consumed
+            if consumed > 0 { memberComplete = false }
             let out = count - Int(stream.avail_out)
             switch status {
-            case Z_OK:
+            case Z_OK, Z_BUF_ERROR:
                 break
             case Z_STREAM_END:
-                if stream.avail_in == 0 && innerEOF {
-                    finished = true
-                } else {
-                    inflateReset(&stream)
-                }
-            case Z_BUF_ERROR:
-                if innerEOF && stream.avail_in == 0 && out == 0 {
-                    throw SourceError(source: name, reason: "the gzip data ends early (is the file truncated?)")
-                }
+                memberComplete = true
+                inflateReset(&stream)
             default:
                 let message = stream.msg.map { String(cString: $0) } ?? "zlib status \(status)"
                 throw SourceError(source: name, reason: "invalid gzip data: \(message)")
@@ -123,18 +126,11 @@ final class GzipSource: ByteSource {
                 throw SourceError(source: name, reason: "more than \(limit) bytes once decompressed")
             }
             if out > 0 { return out }
-            if innerEOF && stream.avail_in == 0 && status == Z_STREAM_END {
-                finished = true
-            } else if innerEOF && stream.avail_in == 0 && status != Z_STREAM_END && out == 0 {
-                // After a completed member, a source that has ended is a clean end.
-                if status == Z_OK {
-                    throw SourceError(source: name, reason: "the gzip data ends early (is the file truncated?)")
-                }
-                finished = true
-            }
         }
         return 0
     }
+
+    private var memberComplete = false
 }
 
 /// One record cut from a source: its position and bytes.
@@ -342,7 +338,9 @@ final class RecordReader {
                         total += cursor - start
                         start = cursor + 1
                         arrayClosed = true
-                        if b == UInt8(ascii: "}") { return record(bytes, error: "malformed JSON array: unbalanced '}'") }
+                        if b == UInt8(ascii: "}") {
+                            return record(bytes, error: "malformed JSON array: unbalanced '}'")
+                        }
                         if bytes.isEmpty && kept == nil {
                             if sawComma { return record(bytes, error: "malformed JSON array: trailing ','") }
                             return try trailingData()
@@ -354,7 +352,9 @@ final class RecordReader {
                     total += cursor - start
                     start = cursor + 1
                     sawComma = true
-                    if bytes.isEmpty && kept == nil { return record(bytes, error: "malformed JSON array: empty element") }
+                    if bytes.isEmpty && kept == nil {
+                        return record(bytes, error: "malformed JSON array: empty element")
+                    }
                     return record(bytes)
                 }
                 cursor += 1

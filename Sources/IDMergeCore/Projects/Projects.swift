@@ -84,7 +84,8 @@ public enum Projects {
     /// Finds a project by name, creating `default` (simplified) when that is the one asked for.
     ///
     /// - Throws: ``ProjectError`` when another name does not exist.
-    public static func findOrCreateDefault(name: String, on connection: Connection) throws -> (Project, CreatedProject?) {
+    public static func findOrCreateDefault(name: String, on connection: Connection) throws -> (Project, CreatedProject?)
+    {
         if let project = try find(name: name, on: connection) { return (project, nil) }
         guard name == defaultName else {
             throw ProjectError(message: "no project named \"\(name)\"; create it with `idmerge project create \(name)`")

@@ -3,7 +3,9 @@
 public enum DurationParser {
     public struct InvalidDuration: Error, CustomStringConvertible {
         public var text: String
-        public var description: String { "invalid duration \"\(text)\": use a number and a unit s, m, h or d (for example 7d)" }
+        public var description: String {
+            "invalid duration \"\(text)\": use a number and a unit s, m, h or d (for example 7d)"
+        }
     }
 
     /// The duration in seconds.

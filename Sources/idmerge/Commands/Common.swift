@@ -8,7 +8,8 @@ import PGClient
 struct ConnectionOptions: ParsableArguments {
     @Option(
         name: .customLong("database-url"),
-        help: "PostgreSQL URL or key=value string (default: DATABASE_URL, then PG* variables, then the local database).")
+        help: "PostgreSQL URL or key=value string (default: DATABASE_URL, then PG* variables, then the local database)."
+    )
     var databaseURL: String?
 
     @Flag(name: .shortAndLong, help: "Log more to standard error.")

@@ -5,7 +5,8 @@ import IDMergeCore
 struct Migrate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Create or upgrade the idmerge schema; idempotent.",
-        discussion: "Applies migrations/ in order (each in a transaction, checksummed) and re-applies sql/ when it changed."
+        discussion:
+            "Applies migrations/ in order (each in a transaction, checksummed) and re-applies sql/ when it changed."
     )
 
     @OptionGroup var connection: ConnectionOptions

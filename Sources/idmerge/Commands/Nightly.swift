@@ -44,4 +44,3 @@ struct Nightly: ParsableCommand {
         }
     }
 }
-
