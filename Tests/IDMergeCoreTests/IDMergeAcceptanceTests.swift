@@ -74,7 +74,7 @@ func checkExpectations(
 @Suite(.enabled(if: TestDatabase.isConfigured, "needs PostgreSQL: run through scripts/test (pg_virtualenv)"))
 struct IdentityAcceptanceTests {
     /// The project modes this build implements.
-    static let implementedModes: Set<IDMergeMode> = [.simplified]
+    static let implementedModes: Set<IDMergeMode> = [.simplified, .original, .legacy]
 
     /// Every case file of `acceptance/id-merge` whose project mode this build implements.
     static func cases() -> [String] {
