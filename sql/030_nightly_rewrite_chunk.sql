@@ -1,19 +1,24 @@
 -- idmerge.nightly_rewrite_chunk: one committed step of the nightly job. Takes up to
--- chunk_size identity mappings the events do not reflect yet (oldest first), rewrites
+-- chunk_size identity mappings the events do not reflect yet (oldest first, made at or
+-- before max_seq: links made while a run works are left to the next run), rewrites
 -- distinct_id on exactly the events they change, and marks them rewritten.
 --
 -- Cost grows with the events changed, not the table: each mapping is a lookup on the
 -- events' (project_id, ingested_distinct_id, ...) index, forced by the function's
--- planner settings, never a scan of every event.
+-- planner settings, never a scan of every event. (JIT is off: the disabled plans' huge
+-- costs would otherwise trigger compilation that costs more than the step itself.)
 -- Safe against concurrent imports: a mapping changed while the step runs (a newer seq) is
 -- not marked, so it stays pending and the live view keeps correcting it.
 
-create or replace function idmerge.nightly_rewrite_chunk(p_project_id integer, chunk_size integer)
+drop function if exists idmerge.nightly_rewrite_chunk(integer, integer);
+
+create or replace function idmerge.nightly_rewrite_chunk(p_project_id integer, chunk_size integer, max_seq bigint)
 returns table (links bigint, rows_rewritten bigint)
 language plpgsql
 set enable_hashjoin = off
 set enable_mergejoin = off
 set enable_seqscan = off
+set jit = off
 as $$
 declare
     link_count bigint;
@@ -23,7 +28,7 @@ begin
     create temp table idmerge_nightly_chunk on commit drop as
     select m.id, m.canonical_id, m.seq
     from idmerge.identity_map as m
-    where m.project_id = p_project_id and not m.rewritten
+    where m.project_id = p_project_id and not m.rewritten and m.seq <= max_seq
     order by m.seq, m.id
     limit chunk_size;
 
@@ -56,5 +61,5 @@ begin
 end
 $$;
 
-comment on function idmerge.nightly_rewrite_chunk(integer, integer) is
-    'One committed step of the nightly job: writes up to chunk_size pending identity mappings into idmerge.events.';
+comment on function idmerge.nightly_rewrite_chunk(integer, integer, bigint) is
+    'One committed step of the nightly job: writes up to chunk_size pending identity mappings (seq <= max_seq) into idmerge.events.';

@@ -63,14 +63,19 @@ public struct NightlyJob {
             let runId: Int64 = try connection.query(
                 "insert into idmerge.job_runs (project_id, job) values ($1, 'nightly') returning id", [project.id]
             ).first!.decode("id")
+            // Links made while this run works are left to the next run.
+            let maxSeq: Int64 = try connection.query(
+                "select coalesce(max(seq), 0) as s from idmerge.identity_map where project_id = $1 and not rewritten",
+                [project.id]
+            ).first!.decode("s")
             var links = 0
             var rows = 0
             do {
                 while true {
                     let step = try connection.transaction { connection -> (Int, Int) in
                         let row = try connection.query(
-                            "select links, rows_rewritten from idmerge.nightly_rewrite_chunk($1, $2)",
-                            [project.id, chunkSize]
+                            "select links, rows_rewritten from idmerge.nightly_rewrite_chunk($1, $2, $3)",
+                            [project.id, chunkSize, maxSeq]
                         ).first!
                         let stepLinks: Int = try row.decode("links")
                         let stepRows: Int = try row.decode("rows_rewritten")

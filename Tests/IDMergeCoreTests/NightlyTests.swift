@@ -1,0 +1,211 @@
+import Foundation
+import IDMergeCore
+import PGClient
+import Testing
+
+/// Anonymous events on `devices` devices (batch 1), then a sign-up linking each (batch 2),
+/// so that the nightly job has `devices` links and `devices * perDevice` rows to rewrite.
+func anonymousThenLinked(devices: Int, perDevice: Int, prefix: String = "d") throws -> ([UInt8], [UInt8]) {
+    var anonymous: [Any] = []
+    var links: [Any] = []
+    for d in 0..<devices {
+        for k in 0..<perDevice {
+            anonymous.append([
+                "event": "Page View",
+                "properties": [
+                    "time": 1_767_225_600 + d * 10 + k, "$device_id": "\(prefix)\(d)",
+                    "$insert_id": "\(prefix)\(d)-\(k)",
+                ],
+            ])
+        }
+        links.append([
+            "event": "Sign Up",
+            "properties": [
+                "time": 1_767_225_600 + d * 10 + 9, "$device_id": "\(prefix)\(d)", "$user_id": "u-\(prefix)\(d)",
+                "$insert_id": "\(prefix)\(d)-signup",
+            ],
+        ])
+    }
+    return (try ndjson(anonymous), try ndjson(links))
+}
+
+/// Rows where the live view disagrees with the identity map's definition of resolution.
+func liveViewErrors(_ db: Connection, projectId: Int) throws -> Int {
+    try db.query(
+        """
+        select count(*) as n
+        from idmerge.resolved_events as r
+        left join idmerge.identity_map as m on m.project_id = r.project_id and m.id = r.ingested_distinct_id
+        where r.project_id = $1 and r.distinct_id <> coalesce(m.canonical_id, r.ingested_distinct_id)
+        """, [projectId]
+    ).first!.decode("n")
+}
+
+func invariantViolations(_ db: Connection, projectId: Int) throws -> Int {
+    try db.query(try SQLResources.query("queries/invariant_rewritten_equals_live.sql"), [projectId]).rows.count
+}
+
+/// The `idmerge` executable built beside the tests (`IDMERGE_BIN` overrides).
+var idmergeBinary: String {
+    if let path = ProcessInfo.processInfo.environment["IDMERGE_BIN"] { return path }
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+    return root.appendingPathComponent(".build/debug/idmerge").path
+}
+
+@Suite(.enabled(if: TestDatabase.isConfigured, "needs PostgreSQL: run through scripts/test (pg_virtualenv)"))
+struct NightlyTests {
+    @Test func nightlyRewritesPendingLinksAndASecondRunChangesNothing() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            let (anonymous, links) = try anonymousThenLinked(devices: 50, perDevice: 3)
+            _ = try importer.importBytes(anonymous, name: "anonymous")
+            _ = try importer.importBytes(links, name: "links")
+            #expect(try invariantViolations(db, projectId: project.id) == 150)
+            var freshness = try Freshness.read(project: project, on: db)
+            #expect(freshness.pendingLinks == 50)
+            #expect(freshness.pendingEvents == 150)
+            #expect(freshness.identityAsOf == nil)
+
+            var job = NightlyJob(connection: db, project: project, logger: TestDatabase.logger)
+            job.chunkSize = 7
+            let first = try job.run()
+            #expect(first.linksApplied == 50)
+            #expect(first.rowsRewritten == 150)
+            #expect(try invariantViolations(db, projectId: project.id) == 0)
+            freshness = try Freshness.read(project: project, on: db)
+            #expect(freshness.pendingLinks == 0)
+            #expect(freshness.identityAsOf != nil)
+            #expect(freshness.lastRunOutcome == "succeeded")
+
+            let second = try job.run()
+            #expect(second.linksApplied == 0)
+            #expect(second.rowsRewritten == 0)
+        }
+    }
+
+    @Test func aSecondRunWithNoWaitReportsTheLock() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            let other = try TestDatabase.connect(conninfo)
+            defer {
+                db.close()
+                other.close()
+            }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            try other.query("select pg_advisory_lock($1)", [NightlyJob.lockKey(projectId: project.id)])
+            #expect(throws: NightlyJob.LockBusy.self) {
+                try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run(wait: false)
+            }
+        }
+    }
+
+    /// kill -9 part-way: the next run finishes, and the invariant holds.
+    @Test func killedPartWayThenRerunHoldsTheInvariant() throws {
+        guard FileManager.default.isExecutableFile(atPath: idmergeBinary) else {
+            Issue.record("build the idmerge executable first (swift build): \(idmergeBinary)")
+            return
+        }
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            let (anonymous, links) = try anonymousThenLinked(devices: 3000, perDevice: 4)
+            _ = try importer.importBytes(anonymous, name: "anonymous")
+            _ = try importer.importBytes(links, name: "links")
+
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: idmergeBinary)
+            process.arguments = ["nightly", "--database-url", conninfo, "--chunk-size", "5"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            // Wait until some chunks have committed, then kill it.
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline {
+                let applied: Int = try db.query(
+                    "select count(*) as n from idmerge.identity_map where rewritten"
+                ).first!.decode("n")
+                if applied >= 50 { break }
+                usleep(20_000)
+            }
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            let pendingAfterKill: Int = try db.query(
+                "select count(*) as n from idmerge.identity_map where not rewritten"
+            ).first!.decode("n")
+            #expect(pendingAfterKill > 0, "the job was killed before it finished")
+            // The view is exact even half-way.
+            #expect(try liveViewErrors(db, projectId: project.id) == 0)
+
+            let rerun = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            #expect(rerun.linksApplied == pendingAfterKill)
+            #expect(try invariantViolations(db, projectId: project.id) == 0)
+            let outcomes = try db.query("select outcome from idmerge.job_runs order by id").rows.map { $0["outcome"] }
+            #expect(outcomes == ["failed", "succeeded"])
+        }
+    }
+
+    /// Imports that make new links while the job runs: the live view is exact throughout
+    /// and after.
+    @Test func importsDuringTheJobKeepTheViewExact() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            let (anonymous, links) = try anonymousThenLinked(devices: 600, perDevice: 3, prefix: "a")
+            _ = try importer.importBytes(anonymous, name: "anonymous")
+            _ = try importer.importBytes(links, name: "links")
+
+            let done = ManagedAtomicFlag()
+            let failures = ErrorBox()
+            let jobThread = Thread {
+                do {
+                    let jobDB = try TestDatabase.connect(conninfo)
+                    defer { jobDB.close() }
+                    var job = NightlyJob(connection: jobDB, project: project, logger: TestDatabase.logger)
+                    job.chunkSize = 3
+                    for _ in 0..<3 { _ = try job.run() }
+                } catch {
+                    failures.set("\(error)")
+                }
+                done.set()
+            }
+            jobThread.start()
+            var round = 0
+            while round < 10 {
+                // Anonymous events for new devices and links for them, in separate batches.
+                let (moreAnonymous, moreLinks) = try anonymousThenLinked(
+                    devices: 40, perDevice: 2, prefix: "r\(round)-")
+                _ = try importer.importBytes(moreAnonymous, name: "anonymous \(round)")
+                _ = try importer.importBytes(moreLinks, name: "links \(round)")
+                #expect(try liveViewErrors(db, projectId: project.id) == 0, "round \(round)")
+                round += 1
+            }
+            while !done.isSet { usleep(10_000) }
+            #expect(failures.value == nil)
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            #expect(try liveViewErrors(db, projectId: project.id) == 0)
+            #expect(try invariantViolations(db, projectId: project.id) == 0)
+        }
+    }
+}
+
+final class ManagedAtomicFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var flag = false
+    var isSet: Bool { lock.withLock { flag } }
+    func set() { lock.withLock { flag = true } }
+}
+
+final class ErrorBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var message: String?
+    var value: String? { lock.withLock { message } }
+    func set(_ text: String) { lock.withLock { message = text } }
+}
