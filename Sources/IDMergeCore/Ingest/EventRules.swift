@@ -41,14 +41,30 @@ public struct EventRules: Sendable {
 
     /// True when `value` is blank or a placeholder such as `undefined`, `'null'` or `[object Object]`.
     public static func isPlaceholder(_ value: String) -> Bool {
-        var text = value.trimmingCharacters(in: .whitespacesAndNewlines)
-        while text.count >= 2,
-            let first = text.first, let last = text.last, first == last, first == "\"" || first == "'"
-        {
-            text = String(text.dropFirst().dropLast()).trimmingCharacters(in: .whitespacesAndNewlines)
+        var copy = value
+        return copy.withUTF8 { bytes in
+            var lower = 0
+            var upper = bytes.count
+            func isSpace(_ b: UInt8) -> Bool { b == 0x20 || (b >= 0x09 && b <= 0x0D) }
+            while true {
+                while lower < upper, isSpace(bytes[lower]) { lower += 1 }
+                while upper > lower, isSpace(bytes[upper - 1]) { upper -= 1 }
+                guard upper - lower >= 2, bytes[lower] == bytes[upper - 1],
+                    bytes[lower] == UInt8(ascii: "\"") || bytes[lower] == UInt8(ascii: "'")
+                else { break }
+                lower += 1
+                upper -= 1
+            }
+            if lower == upper { return true }
+            // The longest placeholder is 36 bytes; anything longer is an identifier.
+            guard upper - lower <= 36 else { return false }
+            if bytes[lower..<upper].contains(where: { $0 >= 0x80 }) {
+                // Non-ASCII text: compare Unicode-aware, as the list is ASCII anyway.
+                return placeholders.contains(String(decoding: bytes[lower..<upper], as: UTF8.self).lowercased())
+            }
+            let lowered = bytes[lower..<upper].map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }
+            return placeholders.contains(String(decoding: lowered, as: UTF8.self))
         }
-        if text.isEmpty { return true }
-        return placeholders.contains(text.lowercased())
     }
 
     /// An event accepted for storage.
@@ -116,7 +132,7 @@ public struct EventRules: Sendable {
             guard text.utf8.count <= Self.maxInsertIdBytes else {
                 return .refuse(field: "properties.$insert_id", reason: "longer than 255 bytes")
             }
-            guard !text.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else {
+            guard !Self.containsControlCharacters(text) else {
                 return .refuse(field: "properties.$insert_id", reason: "contains control characters")
             }
             insertId = text
@@ -199,6 +215,21 @@ public struct EventRules: Sendable {
             Accepted(
                 event: event, timeMillis: millis, insertId: insertId, ingestedDistinctId: ingestedId,
                 deviceId: deviceId, userId: userId, warning: warning))
+    }
+
+    /// True when `text` holds a C0 or C1 control character (U+0000-U+001F, U+007F-U+009F).
+    static func containsControlCharacters(_ text: String) -> Bool {
+        var copy = text
+        return copy.withUTF8 { bytes in
+            for (index, b) in bytes.enumerated() {
+                if b < 0x20 || b == 0x7F { return true }
+                // U+0080-U+009F are C2 80 ... C2 9F in UTF-8.
+                if b == 0xC2, index + 1 < bytes.count, bytes[index + 1] >= 0x80, bytes[index + 1] <= 0x9F {
+                    return true
+                }
+            }
+            return false
+        }
     }
 
     /// Converts a JSON number literal of seconds (or milliseconds above 1e11) to whole

@@ -75,6 +75,7 @@ public final class Importer {
     func importSource(_ source: ByteSource, name: String, decompressedLimit: Int? = nil) throws -> ImportSummary {
         let reader = try RecordReader(source: source, name: name, decompressedLimit: decompressedLimit)
         let rules = EventRules(mode: project.mode, nowMillis: Int64(Date().timeIntervalSince1970 * 1000))
+        let started = Date()
         return try connection.transaction { connection in
             try connection.execute(Self.stageDDL)
             let batchId: Int64 = try connection.query(
@@ -105,6 +106,8 @@ public final class Importer {
                     }
                 }
             }
+            let copied = Date()
+            logger.debug("staged \(summary.records) records in \(copied.timeIntervalSince(started)) s")
             let merge: String
             switch project.mode {
             case .simplified: merge = "select * from idmerge.merge_staged_simplified($1, $2)"
@@ -115,6 +118,7 @@ public final class Importer {
             summary.stored = try result.decode("stored")
             summary.duplicates = try result.decode("duplicates")
             summary.links = try result.decode("links")
+            logger.debug("merged the batch in \(Date().timeIntervalSince(copied)) s")
             try connection.query(
                 """
                 insert into idmerge.refused_records (batch_id, position, position_kind, insert_id, field, reason, raw)
