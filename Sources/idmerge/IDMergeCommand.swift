@@ -20,7 +20,7 @@ struct IDMergeCommand: AsyncParsableCommand {
         version: IDMergeVersion.current,
         subcommands: [
             Database.self, Migrate.self, ProjectCommand.self, Import.self, Nightly.self, Status.self,
-            Generate.self,
+            Funnel.self, Attribution.self, Generate.self,
         ]
     )
 }

@@ -1,0 +1,95 @@
+-- idmerge.funnel: a funnel report. Grain: one row per step, overall (segment null) and per
+-- breakdown segment when a breakdown property is given.
+--
+-- Same parameters and rules as idmerge.funnel_attempts (the engine). count is the number of
+-- counted attempts that reached the step (uniques: people; totals: attempts);
+-- conversion_rate = count / the first step's count; in_progress counts attempts not yet
+-- converted whose window is open at the project's newest event (repeated on every row of a
+-- segment); times to convert are seconds from the previous step, over attempts that
+-- reached the step (null for step 1).
+--
+-- Example, from psql:
+--   select * from idmerge.funnel('default', array['Landing', 'Sign Up', 'Purchase'],
+--                                p_window_seconds => 7 * 86400, p_breakdown => 'utm_source');
+
+create or replace function idmerge.funnel(
+    p_project text,
+    p_steps text[],
+    p_window_seconds double precision default 604800,
+    p_from_date date default null,
+    p_to_date date default null,
+    p_counting text default 'uniques',
+    p_order text default 'specific',
+    p_exclusions jsonb default '[]',
+    p_hold text default null,
+    p_breakdown text default null,
+    p_breakdown_attribution text default 'step1',
+    p_grace_seconds double precision default 2
+)
+returns table (
+    segment text,
+    step integer,
+    event text,
+    count bigint,
+    conversion_rate double precision,
+    in_progress bigint,
+    median_seconds_to_convert double precision,
+    average_seconds_to_convert double precision
+)
+language sql stable as $$
+    with attempts as (
+        select *
+        from idmerge.funnel_attempts(
+            p_project, p_steps, p_window_seconds, p_from_date, p_to_date, p_counting, p_order,
+            p_exclusions, p_hold, p_breakdown, p_breakdown_attribution, p_grace_seconds)
+    ),
+    steps as (
+        select k as step, p_steps[k] as event
+        from generate_subscripts(p_steps, 1) as k
+    ),
+    counted as (
+        select null::text as segment, reached, in_progress, step_seconds from attempts where counts_overall
+        union all
+        select segment, reached, in_progress, step_seconds from attempts where counts_in_segment
+    ),
+    segments as (
+        select null::text as segment
+        union
+        select distinct segment from counted where segment is not null
+    ),
+    per_step as (
+        select
+            segments.segment,
+            steps.step,
+            steps.event,
+            count(counted.reached) filter (where counted.reached >= steps.step) as count,
+            count(counted.reached) filter (where counted.in_progress) as in_progress,
+            percentile_cont(0.5) within group (order by counted.step_seconds[steps.step])
+                filter (where counted.reached >= steps.step and steps.step > 1) as median_seconds_to_convert,
+            avg(counted.step_seconds[steps.step])
+                filter (where counted.reached >= steps.step and steps.step > 1) as average_seconds_to_convert
+        from segments
+        cross join steps
+        left join counted
+            on counted.segment is not distinct from segments.segment
+        group by segments.segment, steps.step, steps.event
+    ),
+    final as (
+        select
+            segment,
+            step,
+            event,
+            count,
+            coalesce(count::double precision / nullif(first_value(count) over (partition by segment order by step), 0), 0)
+                as conversion_rate,
+            in_progress,
+            median_seconds_to_convert,
+            average_seconds_to_convert
+        from per_step
+    )
+    select * from final
+    order by segment nulls first, step
+$$;
+
+comment on function idmerge.funnel(text, text[], double precision, date, date, text, text, jsonb, text, text, text, double precision) is
+    'Funnel report: one row per step, overall (segment null) and per breakdown segment. Identities are live. Durations in seconds; dates are UTC and bound the step-1 event.';
