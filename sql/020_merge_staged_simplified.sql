@@ -18,7 +18,9 @@
 
 create or replace function idmerge.merge_staged_simplified(p_project_id integer, p_batch_id bigint)
 returns table (stored bigint, duplicates bigint, links bigint)
-language plpgsql as $$
+language plpgsql
+set plan_cache_mode = force_custom_plan
+as $$
 declare
     staged_count bigint;
     seq_span bigint;
@@ -70,8 +72,15 @@ begin
 
     perform idmerge.ensure_event_partitions(min(time), max(time)) from pg_temp.idmerge_batch;
 
-    insert into idmerge.identity_map (project_id, id, canonical_id, seq)
-    select distinct on (device_key) p_project_id, device_key, user_id, seq
+    -- A new link needs the nightly job only when events stored before this batch carry the
+    -- device; this batch's own events are resolved as they are inserted.
+    insert into idmerge.identity_map (project_id, id, canonical_id, seq, rewritten)
+    select distinct on (device_key)
+        p_project_id, device_key, user_id, seq,
+        not exists (
+            select 1 from idmerge.events as e
+            where e.project_id = p_project_id and e.ingested_distinct_id = device_key and e.resolved_seq < seq
+        )
     from (
         select '$device:' || b.device_id as device_key, b.user_id, b.seq
         from pg_temp.idmerge_batch as b

@@ -128,7 +128,9 @@ comment on function idmerge.join_identity_clusters(integer, text, text, bigint) 
 create or replace function idmerge.merge_staged_original(
     p_project_id integer, p_batch_id bigint, p_allow_merge boolean default true)
 returns table (stored bigint, duplicates bigint, links bigint)
-language plpgsql as $$
+language plpgsql
+set plan_cache_mode = force_custom_plan
+as $$
 declare
     staged_count bigint;
     seq_span bigint;

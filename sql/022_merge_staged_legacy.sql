@@ -24,7 +24,9 @@
 
 create or replace function idmerge.merge_staged_legacy(p_project_id integer, p_batch_id bigint)
 returns table (stored bigint, duplicates bigint, links bigint)
-language plpgsql as $$
+language plpgsql
+set plan_cache_mode = force_custom_plan
+as $$
 declare
     staged_count bigint;
     seq_span bigint;
