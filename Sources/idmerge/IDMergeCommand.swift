@@ -20,7 +20,8 @@ struct IDMergeCommand: AsyncParsableCommand {
         version: IDMergeVersion.current,
         subcommands: [
             Database.self, Migrate.self, ProjectCommand.self, Import.self, Nightly.self, Status.self,
-            Funnel.self, Attribution.self, Generate.self,
+            Funnel.self, Attribution.self, Generate.self, ProfilesCommand.self, ActivityCommand.self,
+            CohortCommand.self,
         ]
     )
 }
