@@ -12,6 +12,10 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: ["FullFoundation"]),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         .systemLibrary(
@@ -34,7 +38,8 @@ let package = Package(
             name: "IDMergeSQL",
             path: ".",
             exclude: [
-                "Sources/CLibPQ", "Sources/CZlib", "Sources/PGClient", "Sources/IDMergeCore", "Sources/idmerge",
+                "Sources/CLibPQ", "Sources/CZlib", "Sources/PGClient", "Sources/IDMergeCore", "Sources/IDMergeServer",
+                "Sources/idmerge",
                 "Tests", "scripts", "Benchmarks", "README.md", "BENCHMARKS.md", ".ci", ".swift-format",
             ],
             sources: ["Sources/IDMergeSQL"],
@@ -49,10 +54,25 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(
+            name: "IDMergeServer",
+            dependencies: [
+                "IDMergeCore",
+                "PGClient",
+                "CZlib",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "idmerge",
             dependencies: [
                 "IDMergeCore",
+                "IDMergeServer",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 "PGClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -65,6 +85,14 @@ let package = Package(
         .testTarget(
             name: "IDMergeCoreTests",
             dependencies: ["IDMergeCore", "PGClient", "CZlib"]
+        ),
+        .testTarget(
+            name: "IDMergeServerTests",
+            dependencies: [
+                "IDMergeServer", "IDMergeCore", "PGClient", "CZlib",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
         ),
     ]
 )

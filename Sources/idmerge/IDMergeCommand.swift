@@ -22,6 +22,7 @@ struct IDMergeCommand: AsyncParsableCommand {
             Database.self, Migrate.self, ProjectCommand.self, Import.self, Nightly.self, Status.self,
             Funnel.self, Attribution.self, Generate.self, ProfilesCommand.self, ActivityCommand.self,
             CohortCommand.self,
+            Serve.self,
         ]
     )
 }

@@ -36,6 +36,9 @@ public final class Importer {
     let scanner = JSONScanner(wanted: EventRules.wantedProperties)
     /// Called about every second with records and bytes read so far.
     public var progress: ((_ records: Int, _ bytes: Int) -> Void)?
+    /// Whether `$merge` events may merge (Original ID Merge). False for unauthenticated sources
+    /// such as HTTP `/track`: decisions.md accepts `$merge` only through authenticated import.
+    public var allowMerge = true
 
     public init(connection: Connection, project: Project, logger: Logger) {
         self.connection = connection
@@ -111,10 +114,12 @@ public final class Importer {
             let merge: String
             switch project.mode {
             case .simplified: merge = "select * from idmerge.merge_staged_simplified($1, $2)"
-            case .original: merge = "select * from idmerge.merge_staged_original($1, $2)"
+            case .original: merge = "select * from idmerge.merge_staged_original($1, $2, $3)"
             case .legacy: merge = "select * from idmerge.merge_staged_legacy($1, $2)"
             }
-            let result = try connection.query(merge, [project.id, batchId]).first!
+            let parameters: [any PostgresBindable] =
+                project.mode == .original ? [project.id, batchId, allowMerge] : [project.id, batchId]
+            let result = try connection.query(merge, parameters).first!
             summary.stored = try result.decode("stored")
             summary.duplicates = try result.decode("duplicates")
             summary.links = try result.decode("links")
