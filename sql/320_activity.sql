@@ -20,26 +20,26 @@ language sql stable as $$
         from project
     ),
     members as (
-        select person.project_id, person.canonical_id as id
+        select person.canonical_id as id
         from person
         union
-        select m.project_id, m.id
+        select m.id
         from idmerge.identity_map as m
         inner join person
             on m.project_id = person.project_id and m.canonical_id = person.canonical_id
         union
-        select a.project_id, a.alias
+        select a.alias
         from idmerge.identity_aliases as a
         inner join person
             on a.project_id = person.project_id and a.target_id = person.canonical_id
     ),
     events as (
+        -- Scalar subqueries, so the ids reach the index as one array (an init plan), not a join.
         select r.*
         from idmerge.resolved_events as r
-        inner join members
-            on r.project_id = members.project_id and r.ingested_distinct_id = members.id
-        inner join person
-            on r.distinct_id = person.canonical_id
+        where r.project_id = (select person.project_id from person)
+            and r.ingested_distinct_id = any ((select array_agg(members.id) from members)::text[])
+            and r.distinct_id = (select person.canonical_id from person)
     ),
     final as (
         select
