@@ -340,4 +340,27 @@ struct ProfileTests {
             #expect(all.map(\.distinctId) == ["$device:D2", "$device:D4", "U1"])
         }
     }
+
+    /// Original projects: the canonical id may be the anonymous one ($create_alias keeps the
+    /// distinct_id's cluster); user_id is then the alias, and the `$device:` member is a device.
+    @Test func cohortExportInAnOriginalProject() throws {
+        try Self.withProject(.original) { db, project, importer in
+            let anon = "$device:3f2c5a4e-8b1d-4c3e-9f6a-0123456789ab"
+            _ = try Importer(connection: db, project: project, logger: TestDatabase.logger).importBytes(
+                try ndjson([
+                    Self.event("Page", Self.t0, ["distinct_id": anon]),
+                    Self.event("$create_alias", Self.t0 + 5, ["distinct_id": anon, "alias": "U9"]),
+                    Self.event("Page", Self.t0 + 10, ["distinct_id": "U9"]),
+                    Self.event("Page", Self.t0 + 20, ["distinct_id": "server-user"]),
+                ]), name: "events.ndjson")
+            _ = try importer.importBytes(
+                try ndjson([["$distinct_id": "U9", "$set": ["plan": "pro"]]]), name: "profiles.ndjson")
+            let export = CohortExport(event: "Page", properties: ["plan"])
+            let members = try export.run(project: project, on: db)
+            #expect(members.map(\.distinctId) == [anon, "server-user"])
+            #expect(members.map(\.userId) == ["U9", "server-user"])
+            #expect(members.map(\.deviceIds) == [["3f2c5a4e-8b1d-4c3e-9f6a-0123456789ab"], []])
+            #expect(members.first?.properties.first??.object as? String == "pro")
+        }
+    }
 }
