@@ -41,32 +41,7 @@ begin
 
     drop table if exists pg_temp.idmerge_batch;
     create temp table idmerge_batch on commit drop as
-    with staged as (
-        select
-            seq_base + s.pos + 1 as seq,
-            s.event,
-            timestamptz 'epoch' + s.time_ms * interval '1 millisecond' as time,
-            s.properties::jsonb as properties,
-            s.insert_id,
-            s.ingested_id,
-            s.device_id,
-            s.user_id,
-            s.warning
-        from pg_temp.idmerge_stage as s
-        where s.refused_reason is null
-    ),
-    keyed as (
-        select
-            seq, event, time, properties, ingested_id, device_id, user_id, warning,
-            coalesce(insert_id, 'idm-' || md5(event || ' ' || properties::text)) as insert_id
-        from staged
-    ),
-    final as (
-        select distinct on (ingested_id, time, insert_id, event) *
-        from keyed
-        order by ingested_id, time, insert_id, event, seq desc
-    )
-    select * from final;
+    select * from idmerge.staged_events(seq_base);
 
     get diagnostics batch_count = row_count;
 
