@@ -52,7 +52,9 @@ public final class Connection {
             throw PostgresError(kind: .connection, code: .clientError, message: "libpq could not allocate a connection")
         }
         guard PQstatus(handle) == CONNECTION_OK else {
-            let message = String(cString: PQerrorMessage(handle)).trimmingCharacters(in: .whitespacesAndNewlines)
+            let message = redactSecrets(
+                String(cString: PQerrorMessage(handle)).trimmingCharacters(in: .whitespacesAndNewlines),
+                conninfo: conninfo)
             PQfinish(handle)
             throw PostgresError(
                 kind: .connection, code: .sqlclientUnableToEstablishSQLConnection, message: message)
@@ -326,6 +328,45 @@ public final class Connection {
     public static func quoteIdentifier(_ name: String) -> String {
         "\"" + name.replacingOccurrences(of: "\"", with: "\"\"") + "\""
     }
+}
+
+/// Removes passwords from a libpq message: libpq quotes the connection string (or a piece
+/// of it) when it cannot parse it, and the password may be in it.
+///
+/// Every password written in `conninfo` (URL user info, or `password=`), raw and
+/// percent-decoded, becomes `***`, as does the password part of any URL in the message.
+public func redactSecrets(_ message: String, conninfo: String) -> String {
+    var secrets: [String] = []
+    if let scheme = conninfo.range(of: "://") {
+        let rest = conninfo[scheme.upperBound...]
+        if let at = rest.lastIndex(of: "@") {
+            let userInfo = rest[..<at]
+            if let colon = userInfo.firstIndex(of: ":") {
+                secrets.append(String(userInfo[userInfo.index(after: colon)...]))
+            }
+        }
+        if let query = conninfo.range(of: "password=") {
+            secrets.append(String(conninfo[query.upperBound...].prefix { $0 != "&" }))
+        }
+    } else if let key = conninfo.range(of: #"password\s*=\s*"#, options: .regularExpression) {
+        var value = conninfo[key.upperBound...]
+        if value.first == "'" {
+            value = value.dropFirst()
+            secrets.append(String(value.prefix { $0 != "'" }))
+        } else {
+            secrets.append(String(value.prefix { !$0.isWhitespace }))
+        }
+    }
+    var text = message
+    for secret in secrets where !secret.isEmpty {
+        text = text.replacingOccurrences(of: secret, with: "***")
+        if let decoded = secret.removingPercentEncoding, !decoded.isEmpty {
+            text = text.replacingOccurrences(of: decoded, with: "***")
+        }
+    }
+    // Any URL the message quotes: postgresql://user:secret@host -> postgresql://user:***@host.
+    return text.replacingOccurrences(
+        of: #"(://[^:/@\s"]*:)[^@\s"]*@"#, with: "$1***@", options: .regularExpression)
 }
 
 /// Writes the payload of a `COPY ... FROM STDIN`; see ``Connection/copyIn(_:_:)``.

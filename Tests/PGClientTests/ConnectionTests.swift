@@ -139,3 +139,15 @@ struct ConnectionTests {
         #expect(after == true)
     }
 }
+
+@Suite struct RedactionTests {
+    @Test func passwordsInLibpqMessagesAreRedacted() {
+        let url = "postgresql://alice:hunter2@[::1/db"
+        #expect(!redactSecrets("invalid IPv6 host address in URI: \"\(url)\"", conninfo: url).contains("hunter2"))
+        let encoded = "postgresql://alice:hunter2%zz@localhost/db"
+        #expect(!redactSecrets("invalid percent-encoded token: \"hunter2%zz\"", conninfo: encoded).contains("hunter2"))
+        let keyValue = "host=x password='s3cret word' user=a"
+        #expect(!redactSecrets("bad: password='s3cret word'", conninfo: keyValue).contains("s3cret"))
+        #expect(redactSecrets("plain message", conninfo: "") == "plain message")
+    }
+}

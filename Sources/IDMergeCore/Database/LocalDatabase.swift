@@ -75,6 +75,18 @@ public struct LocalDatabase: Sendable {
     /// - Throws: ``LocalDatabaseError`` naming the command that failed and its output.
     @discardableResult
     public func start(progress: (String) -> Void = { _ in }) throws -> String {
+        do {
+            return try startCluster(progress: progress)
+        } catch let error as LocalDatabaseError {
+            throw error
+        } catch {
+            // Foundation's file errors, as one plain sentence naming the folder.
+            let reason = (error as NSError).localizedDescription
+            throw LocalDatabaseError(message: "cannot use \(home.path) for the local database: \(reason)")
+        }
+    }
+
+    private func startCluster(progress: (String) -> Void) throws -> String {
         let bin = try Self.binDirectory()
         try FileManager.default.createDirectory(at: home, withIntermediateDirectories: true)
         var layout = layout() ?? newLayout()

@@ -12,6 +12,9 @@ public struct EventRules: Sendable {
     public static let maxEventBytes = 1 << 20
     /// Longest accepted `$insert_id`, in bytes.
     public static let maxInsertIdBytes = 255
+    /// Longest accepted event name and identifier (`$user_id`, `$device_id`,
+    /// `distinct_id`), in bytes: they are index keys, which PostgreSQL caps at about 2.7 kB.
+    public static let maxKeyBytes = 1000
     /// Times above this are milliseconds, below it seconds (decisions.md).
     public static let millisecondThreshold: Double = 1e11
 
@@ -56,12 +59,15 @@ public struct EventRules: Sendable {
                 upper -= 1
             }
             if lower == upper { return true }
+            if bytes[lower..<upper].contains(where: { $0 >= 0x80 }) {
+                // Non-ASCII text: trim Unicode spaces (a no-break space is blank too), then compare.
+                let text = String(decoding: bytes[lower..<upper], as: UTF8.self)
+                    .trimmingCharacters(in: .whitespacesAndNewlines.union(.controlCharacters))
+                if text.isEmpty { return true }
+                return text.count <= 36 && placeholders.contains(text.lowercased())
+            }
             // The longest placeholder is 36 bytes; anything longer is an identifier.
             guard upper - lower <= 36 else { return false }
-            if bytes[lower..<upper].contains(where: { $0 >= 0x80 }) {
-                // Non-ASCII text: compare Unicode-aware, as the list is ASCII anyway.
-                return placeholders.contains(String(decoding: bytes[lower..<upper], as: UTF8.self).lowercased())
-            }
             let lowered = bytes[lower..<upper].map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }
             return placeholders.contains(String(decoding: lowered, as: UTF8.self))
         }
@@ -93,8 +99,11 @@ public struct EventRules: Sendable {
             if record.event == nil { return .refuse(field: "event", reason: "missing: every event needs a name") }
             return .refuse(field: "event", reason: "must be a string")
         }
-        guard !event.trimmingCharacters(in: .whitespaces).isEmpty else {
+        guard !event.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
             return .refuse(field: "event", reason: "must not be empty")
+        }
+        guard event.utf8.count <= Self.maxKeyBytes else {
+            return .refuse(field: "event", reason: "longer than \(Self.maxKeyBytes) bytes")
         }
         guard record.propertiesRange != nil else {
             if record.propertiesKind == nil {
@@ -132,8 +141,8 @@ public struct EventRules: Sendable {
             guard text.utf8.count <= Self.maxInsertIdBytes else {
                 return .refuse(field: "properties.$insert_id", reason: "longer than 255 bytes")
             }
-            guard !Self.containsControlCharacters(text) else {
-                return .refuse(field: "properties.$insert_id", reason: "contains control characters")
+            guard Self.isPrintable(text) else {
+                return .refuse(field: "properties.$insert_id", reason: "must be printable characters only")
             }
             insertId = text
         default:
@@ -152,7 +161,8 @@ public struct EventRules: Sendable {
                 }
                 return text
             case .number(let text)?:
-                if Self.isPlaceholder(text) {
+                // 0 and -1 in any spelling (0.0, -1e0) are placeholders too.
+                if Self.isPlaceholder(text) || Double(text) == 0 || Double(text) == -1 {
                     warning = "errInvalidIdentifier"
                     return nil
                 }
@@ -163,8 +173,18 @@ public struct EventRules: Sendable {
             }
         }
         var userId = identifier("$user_id")
-        var deviceId = identifier("$device_id")
+        // A $device_id sent with the prefix (some SDKs copy the distinct_id) is the same device.
+        var deviceId = identifier("$device_id").map { $0.hasPrefix("$device:") ? String($0.dropFirst(8)) : $0 }
+        if let device = deviceId, Self.isPlaceholder(device) {
+            warning = "errInvalidIdentifier"
+            deviceId = nil
+        }
         let sentDistinctId = identifier("distinct_id")
+        for (key, value) in [("$user_id", userId), ("$device_id", deviceId), ("distinct_id", sentDistinctId)] {
+            if let value, value.utf8.count > Self.maxKeyBytes {
+                return .refuse(field: "properties.\(key)", reason: "longer than \(Self.maxKeyBytes) bytes")
+            }
+        }
         let ingested: String?
         switch mode {
         case .simplified:
@@ -217,18 +237,17 @@ public struct EventRules: Sendable {
                 deviceId: deviceId, userId: userId, warning: warning))
     }
 
-    /// True when `text` holds a C0 or C1 control character (U+0000-U+001F, U+007F-U+009F).
-    static func containsControlCharacters(_ text: String) -> Bool {
-        var copy = text
-        return copy.withUTF8 { bytes in
-            for (index, b) in bytes.enumerated() {
-                if b < 0x20 || b == 0x7F { return true }
-                // U+0080-U+009F are C2 80 ... C2 9F in UTF-8.
-                if b == 0xC2, index + 1 < bytes.count, bytes[index + 1] >= 0x80, bytes[index + 1] <= 0x9F {
-                    return true
-                }
+    /// True when every character is printable: no controls, format characters, line or
+    /// paragraph separators, private-use or unassigned code points.
+    static func isPrintable(_ text: String) -> Bool {
+        if text.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) { return true }
+        return !text.unicodeScalars.contains { scalar in
+            switch scalar.properties.generalCategory {
+            case .control, .format, .lineSeparator, .paragraphSeparator, .privateUse, .surrogate, .unassigned:
+                return true
+            default:
+                return false
             }
-            return false
         }
     }
 
@@ -269,8 +288,10 @@ public struct EventRules: Sendable {
         } else if magnitude < 12 {
             isMillis = false
         } else {
-            // 12 integer digits: above 1e11 in every case.
-            isMillis = true
+            // 12 integer digits: milliseconds unless the value is exactly 1e11 (decisions.md:
+            // milliseconds when the value exceeds 1e11).
+            let exactly = digits.first == 1 && digits.dropFirst().allSatisfy { $0 == 0 }
+            isMillis = !exactly
         }
         let shift = scale + (isMillis ? 0 : 3)
         var value: Int64 = 0

@@ -247,8 +247,14 @@ public final class Importer {
         // The raw record as text: invalid UTF-8 and NUL (which PostgreSQL text cannot hold)
         // become U+FFFD.
         var raw = String(decoding: record.bytes, as: UTF8.self)
-        if raw.utf8.contains(0) { raw = raw.replacingOccurrences(of: "\u{0}", with: "\u{FFFD}") }
-        raw.withUTF8 { appendEscaped(&line, $0) }
+        raw.withUTF8 { bytes in
+            if bytes.contains(0) {
+                let replaced = bytes.flatMap { $0 == 0 ? [0xEF, 0xBF, 0xBD] : [$0] }
+                replaced.withUnsafeBufferPointer { appendEscaped(&line, $0) }
+            } else {
+                appendEscaped(&line, bytes)
+            }
+        }
         line.append(0x0A)
         try writer.write(bytes: line)
     }

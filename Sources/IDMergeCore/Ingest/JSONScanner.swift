@@ -284,6 +284,8 @@ private struct Cursor {
             // PostgreSQL's numeric (behind jsonb) cannot hold exponents this large.
             if exponent > 1000 { throw error(field, "number out of range (exponent above 1000)") }
         }
+        // Nor numbers of a thousand digits (numeric caps integer and fraction digits).
+        if index - start > 1000 { throw error(field, "number out of range (more than 1000 characters)") }
         return start..<index
     }
 

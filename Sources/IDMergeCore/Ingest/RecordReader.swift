@@ -182,10 +182,14 @@ final class RecordReader {
     private var lineNumber = 0
     private var arrayIndex = 0
     private var detected = false
+    private var skippedBOM = false
     /// Bytes read from the (decompressed) source so far.
     private(set) var bytesRead = 0
 
-    init(source: ByteSource, name: String, maxKeptBytes: Int = 16 << 20, decompressedLimit: Int? = nil) throws {
+    init(
+        source: ByteSource, name: String, maxKeptBytes: Int = EventRules.maxEventBytes + 1,
+        decompressedLimit: Int? = nil
+    ) throws {
         self.name = name
         self.maxKeptBytes = maxKeptBytes
         self.source = source
@@ -225,7 +229,7 @@ final class RecordReader {
 
     /// The next record, or nil at the end of the source.
     func next() throws -> RawRecord? {
-        if !detected {
+        while !detected {
             while true {
                 while start < buffer.count, isWhitespace(buffer[start]) {
                     if buffer[start] == 0x0A { lineNumber += 1 }
@@ -233,6 +237,17 @@ final class RecordReader {
                 }
                 if start < buffer.count { break }
                 if !(try fill()) { return nil }
+            }
+            // A UTF-8 byte order mark (editors on Windows write one) is not data.
+            if !skippedBOM {
+                skippedBOM = true
+                if buffer.count - start < 3 { try fill() }
+                if buffer.count - start >= 3, buffer[start] == 0xEF, buffer[start + 1] == 0xBB,
+                    buffer[start + 2] == 0xBF
+                {
+                    start += 3
+                    continue
+                }
             }
             detected = true
             if buffer[start] == UInt8(ascii: "[") {

@@ -85,3 +85,20 @@ struct Duration: ExpressibleByArgument, Sendable {
         seconds = parsed
     }
 }
+
+/// Checks that every source exists, is not a directory and is readable (`-` is standard
+/// input), so that an import fails before anything is written (decisions.md, Ingestion).
+///
+/// - Throws: ``SourceError`` naming the file and the reason.
+func checkSourcesReadable(_ files: [String]) throws {
+    for file in files where file != "-" {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: file, isDirectory: &isDirectory) else {
+            throw SourceError(source: file, reason: "no such file")
+        }
+        guard !isDirectory.boolValue else { throw SourceError(source: file, reason: "is a directory") }
+        guard FileManager.default.isReadableFile(atPath: file) else {
+            throw SourceError(source: file, reason: "not readable (permission denied)")
+        }
+    }
+}

@@ -23,11 +23,7 @@ struct Import: ParsableCommand {
     func run() throws {
         let anyRefused: Bool = try runReporting {
             // A file that cannot be read fails before anything is written.
-            for file in files where file != "-" {
-                guard FileManager.default.isReadableFile(atPath: file) else {
-                    throw SourceError(source: file, reason: "no such file, or not readable")
-                }
-            }
+            try checkSourcesReadable(files)
             let logger = connection.makeLogger()
             let db = try connection.connect(logger: logger)
             defer { db.close() }
