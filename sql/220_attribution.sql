@@ -81,10 +81,14 @@ begin
             e.distinct_id,
             e.time,
             e.ingest_seq,
+            -- Numbers, or numeric strings, up to 1e100 in magnitude (so sums stay finite);
+            -- anything else counts 0.
             case
                 when p_value is null then 0
-                when jsonb_typeof(e.properties -> p_value) = 'number' then (e.properties ->> p_value)::double precision
-                when (e.properties ->> p_value) ~ '^\s*-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\s*$'
+                when jsonb_typeof(e.properties -> p_value) = 'number'
+                    and abs((e.properties ->> p_value)::numeric) <= 1e100
+                    then (e.properties ->> p_value)::double precision
+                when (e.properties ->> p_value) ~ '^\s*-?[0-9]{1,40}(\.[0-9]{1,40})?([eE][-+]?[0-9]{1,2})?\s*$'
                     then (e.properties ->> p_value)::double precision
                 else 0
             end as amount,

@@ -44,7 +44,9 @@ public struct AttributionQuery: Sendable, Equatable {
     ///
     /// - Throws: ``FunnelError`` naming the option and the reason.
     public func validate() throws {
-        guard lookbackSeconds >= 0 else { throw FunnelError(message: "--lookback cannot be negative") }
+        guard lookbackSeconds >= 0, lookbackSeconds <= 3650 * 86400 else {
+            throw FunnelError(message: "--lookback must be between 0s and 3650d")
+        }
         if model == .custom {
             guard let weights, weights.count == 3, weights.allSatisfy({ $0 >= 0 }),
                 abs(weights.reduce(0, +) - 100) < 1e-9
@@ -54,9 +56,7 @@ public struct AttributionQuery: Sendable, Equatable {
         } else if weights != nil {
             throw FunnelError(message: "--weights applies to --model custom only")
         }
-        for date in [fromDate, toDate].compactMap({ $0 }) where !ReportDates.isDate(date) {
-            throw FunnelError(message: "invalid date \(date): use YYYY-MM-DD (UTC)")
-        }
+        try ReportDates.validate(from: fromDate, to: toDate)
     }
 }
 

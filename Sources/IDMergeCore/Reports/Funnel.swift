@@ -62,7 +62,9 @@ public struct FunnelQuery: Sendable, Equatable {
         guard windowSeconds > 0, windowSeconds <= 366 * 86400 else {
             throw FunnelError(message: "--window must be more than 0 and at most 366d")
         }
-        guard graceSeconds >= 0 else { throw FunnelError(message: "--grace cannot be negative") }
+        guard graceSeconds >= 0, graceSeconds <= 86400 else {
+            throw FunnelError(message: "--grace must be between 0s and 1d")
+        }
         for exclusion in exclusions {
             if let to = exclusion.to, to > steps.count {
                 throw FunnelError(message: "exclusion \(exclusion.event): step \(to) does not exist")
@@ -77,9 +79,7 @@ public struct FunnelQuery: Sendable, Equatable {
             throw FunnelError(
                 message: "--breakdown-attribution must be step1..step\(steps.count), first-defined or last-defined")
         }
-        for date in [fromDate, toDate].compactMap({ $0 }) where !ReportDates.isDate(date) {
-            throw FunnelError(message: "invalid date \(date): use YYYY-MM-DD (UTC)")
-        }
+        try ReportDates.validate(from: fromDate, to: toDate)
     }
 }
 
@@ -168,13 +168,27 @@ public struct FunnelReport: Sendable, Equatable {
 
 /// UTC date helpers for report options.
 public enum ReportDates {
-    /// True for a valid `yyyy-MM-dd` date.
+    /// True for a valid `yyyy-MM-dd` date from 1970 to 9999.
     public static func isDate(_ text: String) -> Bool {
-        let parts = text.split(separator: "-")
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
         guard parts.count == 3, parts[0].count == 4, parts[1].count == 2, parts[2].count == 2,
-            let y = Int(parts[0]), let m = Int(parts[1]), let d = Int(parts[2]), (1...12).contains(m), d >= 1
+            parts.allSatisfy({ $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }),
+            let y = Int(parts[0]), let m = Int(parts[1]), let d = Int(parts[2]), (1970...9999).contains(y),
+            (1...12).contains(m), d >= 1
         else { return false }
         let days = [31, (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
         return d <= days[m - 1]
+    }
+
+    /// Checks `--from` and `--to`: valid dates, from not after to.
+    ///
+    /// - Throws: ``FunnelError`` naming the date and the reason.
+    public static func validate(from: String?, to: String?) throws {
+        for date in [from, to].compactMap({ $0 }) where !isDate(date) {
+            throw FunnelError(message: "invalid date \(date): use YYYY-MM-DD (UTC, 1970 to 9999)")
+        }
+        if let from, let to, from > to {
+            throw FunnelError(message: "--from \(from) is after --to \(to)")
+        }
     }
 }

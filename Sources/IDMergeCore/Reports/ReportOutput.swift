@@ -62,7 +62,7 @@ public enum ReportOutput {
 
     static func funnelTable(_ report: FunnelReport) -> String {
         let query = report.query
-        var out = "Funnel: \(query.steps.joined(separator: " → "))\n"
+        var out = "Funnel: \(printable(query.steps.joined(separator: " → ")))\n"
         out +=
             "\(query.counting.rawValue), \(query.order.rawValue) order, window \(duration(query.windowSeconds))"
         if let from = query.fromDate { out += ", from \(from)" }
@@ -71,7 +71,7 @@ public enum ReportOutput {
         out += "\n\n"
         out += stepTable(report.steps, inProgress: report.inProgress)
         for segment in report.breakdown {
-            out += "\n\(query.breakdown ?? "segment") = \(segment.value)\n"
+            out += "\n\(printable(query.breakdown ?? "segment")) = \(printable(segment.value))\n"
             out += stepTable(segment.steps, inProgress: segment.inProgress)
         }
         out += "\n" + freshnessLine(report.freshness)
@@ -206,8 +206,18 @@ public enum ReportOutput {
         return text
     }
 
-    static func pad(_ text: String, _ width: Int) -> String {
-        text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
+    static func pad(_ raw: String, _ width: Int) -> String {
+        let text = printable(raw)
+        return text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
+    }
+
+    /// A value as it may appear in a terminal table: control characters (newlines, tabs,
+    /// escape sequences) become U+FFFD, so data cannot break the layout or drive the terminal.
+    static func printable(_ text: String) -> String {
+        guard text.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) else { return text }
+        return String(
+            String.UnicodeScalarView(
+                text.unicodeScalars.map { $0.properties.generalCategory == .control ? "\u{FFFD}" : $0 }))
     }
 
     static func leftPad(_ text: String, _ width: Int) -> String {
