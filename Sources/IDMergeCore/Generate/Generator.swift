@@ -15,10 +15,29 @@ import Foundation
 public struct Generator {
     public var events: Int
     public var seed: UInt64
+    /// The ID Merge API the data is written for. `original` writes what the SDKs send to
+    /// such projects: the event's own `distinct_id` (a UUID v4 per device before login, the
+    /// user id after) and an `$identify` event (`$identified_id`, `$anon_id`) the first time
+    /// a device logs in; `legacy` is written like `simplified`.
+    public var mode: IDMergeMode
 
-    public init(events: Int, seed: UInt64) {
+    public init(events: Int, seed: UInt64, mode: IDMergeMode = .simplified) {
         self.events = events
         self.seed = seed
+        self.mode = mode
+    }
+
+    /// A UUID v4 for a device name, the same every time.
+    static func uuid(for device: String) -> String {
+        var a = SplitMix64(seed: UInt64(bitPattern: fnv1a(device)))
+        let hi = a.next()
+        let lo = a.next()
+        let hex = String(format: "%016llx%016llx", hi, lo)
+        let chars = Array(hex)
+        let variant = "89ab"[
+            "89ab".index("89ab".startIndex, offsetBy: Int(lo % 4))]
+        return String(chars[0..<8]) + "-" + String(chars[8..<12]) + "-4" + String(chars[13..<16]) + "-"
+            + String(variant) + String(chars[17..<20]) + "-" + String(chars[20..<32])
     }
 
     static let start: Int64 = 1_759_276_800 - 90 * 86_400  // 2026-10-01 minus 90 days
@@ -34,6 +53,7 @@ public struct Generator {
         var person = 0
         var delayed: [(release: Int, line: String)] = []
         var sharedDevices: [String] = []
+        var identified: Set<String> = []
 
         func emit(_ line: String) throws {
             guard emitted < events else { return }
@@ -52,7 +72,34 @@ public struct Generator {
                 var fields: [(String, JSONLiteral)] = [
                     ("time", .int(clock)), ("$insert_id", .string("g\(seed)-\(person)-\(sequence)")),
                 ]
-                fields.append(contentsOf: props)
+                guard mode == .original else {
+                    fields.append(contentsOf: props)
+                    lines.append(JSONLiteral.eventLine(name: name, properties: fields))
+                    return
+                }
+                // Original API: the event names its own distinct_id; the first login of a
+                // device sends $identify first, as the SDKs do.
+                var device: String?
+                var user: String?
+                for (key, value) in props {
+                    if case .string(let text) = value, key == "$device_id" { device = text }
+                    if case .string(let text) = value, key == "$user_id" { user = text }
+                }
+                let rest = props.filter { $0.0 != "$device_id" && $0.0 != "$user_id" }
+                if let device, let user, !identified.contains(device) {
+                    identified.insert(device)
+                    lines.append(
+                        JSONLiteral.eventLine(
+                            name: "$identify",
+                            properties: [
+                                ("time", .int(clock)), ("$insert_id", .string("g\(seed)-\(person)-\(sequence)-id")),
+                                ("distinct_id", .string(user)), ("$identified_id", .string(user)),
+                                ("$anon_id", .string(Self.uuid(for: device))),
+                            ]))
+                }
+                let own = user ?? device.map(Self.uuid(for:)) ?? "unknown"
+                fields.append(("distinct_id", .string(own)))
+                fields.append(contentsOf: rest)
                 lines.append(JSONLiteral.eventLine(name: name, properties: fields))
             }
             let device = "d\(person)-\(rng.next(below: 1_000_000))"

@@ -9,6 +9,10 @@ struct Generate: ParsableCommand {
     @Option(help: "How many events.") var events: Int
     @Option(help: "Random seed: the same seed gives the same data.") var seed: UInt64 = 1
     @Option(help: "Output file (default: standard output).") var output: String?
+    @Option(
+        name: .customLong("id-merge"),
+        help: "Write for this ID Merge API: simplified (default) or original ($identify events, UUID device ids).")
+    var idMerge: IDMergeMode = .simplified
 
     func validate() throws {
         if events < 0 { throw ValidationError("--events must be 0 or more") }
@@ -27,7 +31,7 @@ struct Generate: ParsableCommand {
             }
             var buffer: [UInt8] = []
             buffer.reserveCapacity(1 << 20)
-            try Generator(events: events, seed: seed).generate { line in
+            try Generator(events: events, seed: seed, mode: idMerge).generate { line in
                 buffer.append(contentsOf: line.utf8)
                 buffer.append(0x0A)
                 if buffer.count >= 1 << 20 {
