@@ -83,7 +83,11 @@ public struct Generator {
                 var user: String?
                 for (key, value) in props {
                     if case .string(let text) = value, key == "$device_id" { device = text }
-                    if case .string(let text) = value, key == "$user_id" { user = text }
+                    // A placeholder user id (a client bug) identifies nobody: the SDK keeps the
+                    // device's distinct_id.
+                    if case .string(let text) = value, key == "$user_id", !EventRules.isPlaceholder(text) {
+                        user = text
+                    }
                 }
                 let rest = props.filter { $0.0 != "$device_id" && $0.0 != "$user_id" }
                 if let device, let user, !identified.contains(device) {
