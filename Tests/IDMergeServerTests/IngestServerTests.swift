@@ -229,34 +229,68 @@ struct IngestServerTests {
             defer { db.close() }
             try await TestServer.with(conninfo, configure: { $0.queue.maxQueuedEvents = 10 }) { base in
                 let headers = Self.json.merging(["Authorization": HTTP.basic(created.secret)]) { $1 }
-                // Hold the project's lock so the first batch waits in PostgreSQL.
+                // Hold the project's lock so the first batch waits in PostgreSQL, whatever
+                // happens below: the lock is released on every path, or the server could not
+                // finish its in-flight batch and shut down.
                 try db.query("select pg_advisory_lock(hashtext('idmerge.project'), $1)", [created.project.id])
-                let first = Task {
-                    try await HTTP.send(
-                        "POST", base + "/import", headers: headers,
-                        body: array([event("A", insertId: "a1", device: "D")]))
+                var unlocked = false
+                func unlock() throws {
+                    if !unlocked {
+                        unlocked = true
+                        try db.query("select pg_advisory_unlock(hashtext('idmerge.project'), $1)", [created.project.id])
+                    }
                 }
-                try await Task.sleep(for: .milliseconds(300))
-                let second = Task {
-                    try await HTTP.send(
+                do {
+                    let first = Task {
+                        try await HTTP.send(
+                            "POST", base + "/import", headers: headers,
+                            body: array([event("A", insertId: "a1", device: "D")]))
+                    }
+                    // The first batch is in a worker, waiting for the lock...
+                    try await Self.waitUntil {
+                        let sql = """
+                            select count(*) as n from pg_locks
+                            where locktype = 'advisory' and not granted
+                                and database = (select oid from pg_database where datname = current_database())
+                            """
+                        return try TestDatabase.count(sql, conninfo) == 1
+                    }
+                    let second = Task {
+                        try await HTTP.send(
+                            "POST", base + "/import", headers: headers,
+                            body: array((0..<8).map { event("B", insertId: "b\($0)", device: "D") }))
+                    }
+                    // ...and the second waits in the queue (8 of at most 10 events).
+                    try await Self.waitUntil {
+                        try await HTTP.send("GET", base + "/healthz").json?["queued_events"] as? Int == 8
+                    }
+                    let third = try await HTTP.send(
                         "POST", base + "/import", headers: headers,
-                        body: array((0..<8).map { event("B", insertId: "b\($0)", device: "D") }))
+                        body: array((0..<8).map { event("C", insertId: "c\($0)", device: "D") }))
+                    #expect(third.status == 429)
+                    #expect(third.headers["retry-after"] == "1")
+                    #expect(
+                        third.body
+                            == #"{"code":429,"error":"Project exceeded rate limits. Please retry the request with exponential backoff.","status":"Too Many Requests"}"#
+                    )
+                    try unlock()
+                    #expect(try await first.value.status == 200)
+                    #expect(try await second.value.status == 200)
+                } catch {
+                    try? unlock()
+                    throw error
                 }
-                try await Task.sleep(for: .milliseconds(300))
-                let third = try await HTTP.send(
-                    "POST", base + "/import", headers: headers,
-                    body: array((0..<8).map { event("C", insertId: "c\($0)", device: "D") }))
-                #expect(third.status == 429)
-                #expect(third.headers["retry-after"] == "1")
-                #expect(
-                    third.body
-                        == #"{"code":429,"error":"Project exceeded rate limits. Please retry the request with exponential backoff.","status":"Too Many Requests"}"#
-                )
-                try db.query("select pg_advisory_unlock(hashtext('idmerge.project'), $1)", [created.project.id])
-                #expect(try await first.value.status == 200)
-                #expect(try await second.value.status == 200)
             }
         }
+    }
+
+    /// Polls `condition` every 20 ms for up to 30 s.
+    static func waitUntil(_ condition: () async throws -> Bool) async throws {
+        for _ in 0..<1500 {
+            if try await condition() { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw TestHTTPError(message: "timed out waiting for a condition")
     }
 
     @Test func engageHealthAndMetrics() async throws {
