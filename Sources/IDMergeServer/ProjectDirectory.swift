@@ -42,7 +42,7 @@ final class ProjectDirectory: @unchecked Sendable {
     /// The project that `secret` opens: the one `projectKey` names (its name or id) when given,
     /// else the project whose secret it is.
     func authenticate(secret: String, projectKey: String?) async throws -> Project? {
-        let hash = SHA256.hex(secret)
+        let hash = SecretHash.hex(secret)
         if let found = match(hash: hash, projectKey: projectKey, in: snapshot()) { return found }
         try await reloadIfStale()
         return match(hash: hash, projectKey: projectKey, in: snapshot())
