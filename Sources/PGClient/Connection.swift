@@ -180,8 +180,9 @@ public final class Connection {
 
     /// Runs `body` inside `BEGIN` ... `COMMIT`; any thrown error rolls back and is rethrown.
     ///
-    /// Transactions do not nest: calling this inside another transaction throws the
-    /// server's error for a nested `BEGIN` warning-free only if you avoid it.
+    /// - Important: transactions do not nest. Inside another transaction PostgreSQL only
+    ///   warns about the second `BEGIN`, and this method's `COMMIT` would end the outer one.
+    /// - Throws: `body`'s error (after the rollback), or ``PostgresError``.
     public func transaction<T>(_ body: (Connection) throws -> T) throws -> T {
         try execute("begin")
         do {
