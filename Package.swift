@@ -80,18 +80,25 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .target(
+            name: "IDMergeTestSupport",
+            dependencies: [
+                "IDMergeCore", "PGClient", "CZlib", .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/IDMergeTestSupport"
+        ),
         .testTarget(
             name: "PGClientTests",
             dependencies: ["PGClient"]
         ),
         .testTarget(
             name: "IDMergeCoreTests",
-            dependencies: ["IDMergeCore", "PGClient", "CZlib"]
+            dependencies: ["IDMergeCore", "PGClient", "CZlib", "IDMergeTestSupport"]
         ),
         .testTarget(
             name: "IDMergeServerTests",
             dependencies: [
-                "IDMergeServer", "IDMergeCore", "PGClient", "CZlib",
+                "IDMergeServer", "IDMergeCore", "PGClient", "CZlib", "IDMergeTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

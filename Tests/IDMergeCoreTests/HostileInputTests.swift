@@ -1,4 +1,5 @@
 import Foundation
+import IDMergeTestSupport
 import PGClient
 import Testing
 

@@ -1,5 +1,6 @@
 import Foundation
 import IDMergeCore
+import IDMergeTestSupport
 import PGClient
 import Testing
 

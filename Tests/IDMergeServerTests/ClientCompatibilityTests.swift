@@ -1,5 +1,6 @@
 import Foundation
 import IDMergeCore
+import IDMergeTestSupport
 import PGClient
 import Testing
 
@@ -38,7 +39,7 @@ struct ClientCompatibilityTests {
             print("notice: python3 module mixpanel missing (pip install mixpanel); SDK test skipped")
             return
         }
-        try await TestDatabase.withFresh { conninfo in
+        try await TestDatabase.withFreshAsync { conninfo in
             let db = try TestDatabase.connect(conninfo)
             defer { db.close() }
             let created = try Projects.create(name: "sdk", mode: .simplified, on: db)
@@ -79,7 +80,7 @@ struct ClientCompatibilityTests {
             }
         }
         #expect(bodies.count >= 25)
-        try await TestDatabase.withFresh { conninfo in
+        try await TestDatabase.withFreshAsync { conninfo in
             let db = try TestDatabase.connect(conninfo)
             defer { db.close() }
             // Original ID Merge: RudderStack sends $create_alias and $merge as well as

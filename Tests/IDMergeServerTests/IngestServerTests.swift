@@ -1,5 +1,6 @@
 import Foundation
 import IDMergeCore
+import IDMergeTestSupport
 import PGClient
 import Testing
 
@@ -23,7 +24,7 @@ struct IngestServerTests {
     static let json = ["Content-Type": "application/json"]
 
     @Test func importAnswersLikeMixpanelAndStoresAfterCommit() async throws {
-        try await TestDatabase.withFresh { conninfo in
+        try await TestDatabase.withFreshAsync { conninfo in
             let db = try TestDatabase.connect(conninfo)
             let created = try Projects.create(name: "web", mode: .simplified, on: db)
             db.close()
@@ -64,7 +65,7 @@ struct IngestServerTests {
     }
 
     @Test func strictImportListsFailedRecordsAndStoresTheRest() async throws {
-        try await TestDatabase.withFresh { conninfo in
+        try await TestDatabase.withFreshAsync { conninfo in
             let db = try TestDatabase.connect(conninfo)
             let created = try Projects.create(name: "web", mode: .simplified, on: db)
             db.close()
@@ -114,7 +115,7 @@ struct IngestServerTests {
     }
 
     @Test func limitsAnswer413BeforeAndDuringDecompression() async throws {
-        try await TestDatabase.withFresh { conninfo in
+        try await TestDatabase.withFreshAsync { conninfo in
             let db = try TestDatabase.connect(conninfo)
             let created = try Projects.create(name: "web", mode: .simplified, on: db)
             db.close()
@@ -140,7 +141,7 @@ struct IngestServerTests {
     }
 
     @Test func trackTakesFormDataPicksTheProjectByTokenAndRefusesMerge() async throws {
-        try await TestDatabase.withFresh { conninfo in
+        try await TestDatabase.withFreshAsync { conninfo in
             let db = try TestDatabase.connect(conninfo)
             let created = try Projects.create(name: "app", mode: .original, on: db)
             db.close()
@@ -196,7 +197,7 @@ struct IngestServerTests {
     }
 
     @Test func concurrentRequestsShareTransactionsAndAllCommit() async throws {
-        try await TestDatabase.withFresh { conninfo in
+        try await TestDatabase.withFreshAsync { conninfo in
             let db = try TestDatabase.connect(conninfo)
             let created = try Projects.create(name: "web", mode: .simplified, on: db)
             db.close()
@@ -223,7 +224,7 @@ struct IngestServerTests {
     }
 
     @Test func fullQueueAnswers429WithRetryAfter() async throws {
-        try await TestDatabase.withFresh { conninfo in
+        try await TestDatabase.withFreshAsync { conninfo in
             let db = try TestDatabase.connect(conninfo)
             let created = try Projects.create(name: "web", mode: .simplified, on: db)
             defer { db.close() }
@@ -294,7 +295,7 @@ struct IngestServerTests {
     }
 
     @Test func engageHealthAndMetrics() async throws {
-        try await TestDatabase.withFresh { conninfo in
+        try await TestDatabase.withFreshAsync { conninfo in
             try await TestServer.with(conninfo) { base in
                 let engage = try await HTTP.send("POST", base + "/engage", body: HTTP.form([("data", "[]")]))
                 #expect(engage.status == 501)

@@ -1,5 +1,6 @@
 import Foundation
 import IDMergeServer
+import IDMergeTestSupport
 import Logging
 import ServiceLifecycle
 

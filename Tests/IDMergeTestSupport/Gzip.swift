@@ -2,7 +2,7 @@ import CZlib
 import Foundation
 
 /// Gzip-compresses bytes, for tests of gzip input.
-func gzip(_ input: [UInt8]) throws -> [UInt8] {
+public func gzip(_ input: [UInt8]) throws -> [UInt8] {
     var stream = z_stream()
     guard czlib_deflate_init_gzip(&stream, 6) == Z_OK else { throw GzipTestError() }
     defer { deflateEnd(&stream) }
@@ -21,4 +21,4 @@ func gzip(_ input: [UInt8]) throws -> [UInt8] {
     return Array(output.prefix(Int(stream.total_out)))
 }
 
-struct GzipTestError: Error {}
+public struct GzipTestError: Error {}
