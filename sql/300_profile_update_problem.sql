@@ -7,7 +7,8 @@
 --          placeholder (decisions.md "Placeholder values are never identifiers").
 --          Exactly one operation per update; other top-level members (`$token`, `$ip`,
 --          `$device_id`, `$user_id`, ... which the SDKs send) are ignored.
---          `$ignore_time` and `$ignore_alias` are booleans. `$time` (optional) is seconds since
+--          `$ignore_time` and `$ignore_alias` are booleans. A member sent as null counts as not
+--          sent (RudderStack's transformer sends `"$time": null`). `$time` (optional) is seconds since
 --          the epoch, or milliseconds above 1e11, not before 1971 nor more than an hour ahead
 --          (the event rules of decisions.md "Ingestion").
 --   P-R3, P-R4, P-R6, P-R8  `$set`, `$set_once`, `$append`, `$remove` take an object.
@@ -66,14 +67,14 @@ begin
     end if;
 
     foreach operation in array array['$ignore_time', '$ignore_alias'] loop
-        if p_record ? operation and jsonb_typeof(p_record -> operation) <> 'boolean' then
+        if p_record ? operation and jsonb_typeof(p_record -> operation) not in ('boolean', 'null') then
             field := operation;
             reason := format('must be true or false, not %s', p_record -> operation);
             return;
         end if;
     end loop;
 
-    if p_record ? '$time' then
+    if p_record ? '$time' and jsonb_typeof(p_record -> '$time') <> 'null' then
         if jsonb_typeof(p_record -> '$time') <> 'number' then
             field := '$time';
             reason := 'must be a number: seconds since the epoch, or milliseconds';

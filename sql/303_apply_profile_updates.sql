@@ -56,7 +56,7 @@ begin
             coalesce((staged.record ->> '$ignore_time')::boolean, false) as ignore_time,
             coalesce((staged.record ->> '$ignore_alias')::boolean, false) as ignore_alias,
             case
-                when staged.record ? '$time' then
+                when jsonb_typeof(staged.record -> '$time') = 'number' then
                     timestamptz 'epoch' + trunc(
                         case
                             when (staged.record ->> '$time')::numeric <= 1e11

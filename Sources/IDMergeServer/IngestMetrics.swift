@@ -13,6 +13,8 @@ final class IngestMetrics: Sendable {
     let stored: Counter
     let refused: Counter
     let batches: Counter
+    let profileUpdatesApplied: Counter
+    let profileUpdatesRefused: Counter
     let rejectedFull: Counter
     let queuedEvents: Gauge
     let batchDuration: DurationHistogram
@@ -23,6 +25,11 @@ final class IngestMetrics: Sendable {
             descriptor: Self.name("events_stored", "total", "Events committed (new or replacing a copy)."))
         refused = registry.makeCounter(
             descriptor: Self.name("events_refused", "total", "Records refused; each is in idmerge.refused_records."))
+        profileUpdatesApplied = registry.makeCounter(
+            descriptor: Self.name("profile_updates_applied", "total", "Profile updates (/engage) applied."))
+        profileUpdatesRefused = registry.makeCounter(
+            descriptor: Self.name(
+                "profile_updates_refused", "total", "Profile updates refused; each is in idmerge.refused_records."))
         batches = registry.makeCounter(
             descriptor: Self.name(
                 "ingest_transactions", "total", "Import transactions committed (one or more requests)."))

@@ -12,6 +12,12 @@ struct Refusal: Sendable, Equatable {
     var reason: String
 }
 
+/// What a request carries: events (`/track`, `/import`) or profile updates (`/engage`).
+enum IngestKind: Sendable, Equatable {
+    case events
+    case profiles
+}
+
 /// What became of one request's events.
 enum IngestOutcome: Sendable {
     /// Committed: every record is stored, a duplicate, ignored, or refused (listed).
@@ -45,13 +51,14 @@ public struct IngestQueueOptions: Sendable {
 ///
 /// A worker takes every waiting request of one project (up to ``IngestQueueOptions/maxTransactionEvents``
 /// events), joins their records into one JSON array and imports it in one transaction with
-/// ``Importer``, then hands each request its own refusals. A project's batches are serialized
+/// ``Importer`` (events) or ``ProfileImporter`` (profile updates), then hands each request its own refusals. A project's batches are serialized
 /// by its advisory lock in PostgreSQL anyway, so at most ``IngestQueueOptions/workersPerProject``
 /// workers serve a project at once and the others
 /// serve other projects. Requests are resumed only after COMMIT returned. libpq runs
 /// on these threads only, never on the server's event loop.
 final class IngestQueue: @unchecked Sendable {
     private struct Job {
+        var kind: IngestKind
         var project: Project
         var allowMerge: Bool
         var payload: SplitPayload
@@ -96,7 +103,13 @@ final class IngestQueue: @unchecked Sendable {
     }
 
     /// Queues a request's records and waits until they are committed (or refused).
-    func submit(project: Project, allowMerge: Bool, payload: SplitPayload, source: String) async -> IngestOutcome {
+    ///
+    /// - Parameters:
+    ///   - kind: events go through ``Importer``, profile updates through ``ProfileImporter``;
+    ///     requests of one kind, project and `allowMerge` share transactions.
+    func submit(
+        _ kind: IngestKind = .events, project: Project, allowMerge: Bool, payload: SplitPayload, source: String
+    ) async -> IngestOutcome {
         await withCheckedContinuation { continuation in
             condition.lock()
             if closed {
@@ -113,7 +126,7 @@ final class IngestQueue: @unchecked Sendable {
             }
             pending.append(
                 Job(
-                    project: project, allowMerge: allowMerge, payload: payload, source: source,
+                    kind: kind, project: project, allowMerge: allowMerge, payload: payload, source: source,
                     continuation: continuation))
             queuedEvents += payload.count
             metrics.queuedEvents.set(Double(queuedEvents))
@@ -175,7 +188,8 @@ final class IngestQueue: @unchecked Sendable {
                 for (index, job) in pending.enumerated() {
                     let joins =
                         index == first
-                        || (head.payload.embeddable && job.payload.embeddable && job.project.id == head.project.id
+                        || (head.payload.embeddable && job.payload.embeddable && job.kind == head.kind
+                            && job.project.id == head.project.id
                             && job.allowMerge == head.allowMerge && index > first
                             && events + job.payload.count <= options.maxTransactionEvents)
                     if joins {
@@ -245,24 +259,36 @@ final class IngestQueue: @unchecked Sendable {
             bytes = head.payload.bytes
             offsets = [0]
         }
-        let importer = Importer(connection: db, project: head.project, logger: logger)
-        importer.allowMerge = head.allowMerge
         let name = group.count == 1 ? head.source : "\(head.source) +\(group.count - 1) requests"
         let clock = ContinuousClock()
         let started = clock.now
-        let summary = try importer.importBytes(bytes, name: name)
+        let batchId: Int64
+        let refused: Int
+        switch head.kind {
+        case .events:
+            let importer = Importer(connection: db, project: head.project, logger: logger)
+            importer.allowMerge = head.allowMerge
+            let summary = try importer.importBytes(bytes, name: name)
+            (batchId, refused) = (summary.batchId, summary.refused)
+            metrics.stored.increment(by: Int64(summary.records - summary.refused))
+            metrics.refused.increment(by: Int64(summary.refused))
+            metrics.batchSize.record(Double(summary.records))
+        case .profiles:
+            let summary = try ProfileImporter(connection: db, project: head.project, logger: logger)
+                .importBytes(bytes, name: name)
+            (batchId, refused) = (summary.batchId, summary.refused)
+            metrics.profileUpdatesApplied.increment(by: Int64(summary.applied))
+            metrics.profileUpdatesRefused.increment(by: Int64(summary.refused))
+        }
         metrics.batchDuration.record(clock.now - started)
-        metrics.batchSize.record(Double(summary.records))
         metrics.batches.increment()
-        metrics.stored.increment(by: Int64(summary.records - summary.refused))
         var results = [[Refusal]](repeating: [], count: group.count)
-        guard summary.refused > 0 else { return results }
-        metrics.refused.increment(by: Int64(summary.refused))
+        guard refused > 0 else { return results }
         let rows = try db.query(
             """
             select position, position_kind, insert_id, field, reason from idmerge.refused_records
             where batch_id = $1 order by position
-            """, [summary.batchId])
+            """, [batchId])
         for row in rows.rows {
             let position: Int = try row.decode("position")
             let kind: String = row["position_kind"] ?? "index"

@@ -19,9 +19,9 @@ struct MixpanelHandlers: Sendable {
         router.post("/track") { request, _ in await measured("track", request) { try await track($0) } }
         router.get("/track") { request, _ in await measured("track", request) { try await track($0) } }
         router.post("/import") { request, _ in await measured("import", request) { try await importEvents($0) } }
-        for path in ["/engage", "/groups"] {
-            router.post(RouterPath(path)) { request, _ in await measured("engage", request) { _ in engage() } }
-        }
+        router.post("/engage") { request, _ in await measured("engage", request) { try await engage($0) } }
+        router.get("/engage") { request, _ in await measured("engage", request) { try await engage($0) } }
+        router.post("/groups") { request, _ in await measured("groups", request) { _ in groups() } }
         router.get("/healthz") { _, _ in
             Response.json(.ok, "{\"status\":\"ok\",\"queued_events\":\(queue.queuedEventCount)}")
         }
@@ -59,7 +59,7 @@ struct MixpanelHandlers: Sendable {
 
     private func errorResponse(_ error: PayloadError, endpoint: String, request: Request) -> Response {
         let status: HTTPResponse.Status = error.kind == .tooLarge ? .contentTooLarge : .badRequest
-        if endpoint == "track" {
+        if endpoint == "track" || endpoint == "engage" {
             return trackResponse(status: status, error: error.reason, verbose: parameter("verbose", request) == "1")
         }
         let statusText = error.kind == .tooLarge ? "Request Entity Too Large" : "Bad Request"
@@ -156,6 +156,11 @@ struct MixpanelHandlers: Sendable {
         if refusals.isEmpty || !strict {
             return Response.json(.ok, "{\"code\":200,\"num_records_imported\":\(imported),\"status\":\"OK\"}")
         }
+        return failedRecords(refusals, imported: imported)
+    }
+
+    /// The `strict=1` answer: 400 with each refused record's index, `$insert_id`, field and reason.
+    private func failedRecords(_ refusals: [Refusal], imported: Int) -> Response {
         var failed: [String] = []
         for refusal in refusals {
             failed.append(
@@ -171,10 +176,58 @@ struct MixpanelHandlers: Sendable {
 
     // MARK: /engage
 
-    private func engage() -> Response {
+    /// Profile updates (mixpanel-reference.md §3): `data=` (JSON or base64 JSON, form or query)
+    /// or a JSON body holding one update object or an array of them, each naming the project by
+    /// `$token` (P-R2). Answers as P-R11: 200 with `1`, or `0` when any update was refused
+    /// (`verbose=1`: `{"status":1,"error":null}` or the error); `strict=1` answers 400 with
+    /// `failed_records` when any update was refused. Refused updates are kept in
+    /// `idmerge.refused_records`; the others are applied.
+    private func engage(_ request: Request) async throws -> Response {
+        let (fields, body) = try await formAndBody(request)
+        let verbose = fields["verbose"] == "1"
+        let strict = fields["strict"] == "1"
+        let json: [UInt8]
+        if let data = fields["data"] {
+            json = try Payload.decodeDataField(data)
+        } else if Payload.firstNonWhitespace(body) != nil {
+            json = body
+        } else {
+            throw PayloadError.malformed("missing the data parameter")
+        }
+        let payload = try Payload.split(json, singleObject: true)
+        var tokens = Set<String>()
+        for range in payload.records {
+            guard let object = try? JSONSerialization.jsonObject(with: Data(payload.bytes[range])) as? [String: Any],
+                let token = object["$token"] as? String, !token.isEmpty
+            else {
+                throw PayloadError.malformed("every profile update needs $token, the project's token")
+            }
+            tokens.insert(token)
+        }
+        guard tokens.count == 1, let token = tokens.first else {
+            throw PayloadError.malformed("the profile updates of one request must carry the same project token")
+        }
+        guard let project = try await directory.project(token: token) else {
+            return trackResponse(status: .unauthorized, error: "unknown project token", verbose: verbose)
+        }
+        let outcome = await queue.submit(
+            .profiles, project: project, allowMerge: false, payload: payload, source: "http /engage")
+        guard case .committed(let records, let refusals) = outcome else { return unavailable(outcome) }
+        if refusals.isEmpty { return trackResponse(status: .ok, error: nil, verbose: verbose) }
+        if strict {
+            return failedRecords(refusals, imported: records - refusals.count)
+        }
+        let first = refusals[0]
+        let message =
+            "\(refusals.count) of \(records) profile updates refused; update \(first.index): \(Self.message(first))"
+        return trackResponse(status: .ok, error: message, verbose: verbose)
+    }
+
+    /// Group profiles are not kept (only user profiles are, issue 9).
+    private func groups() -> Response {
         Response.json(
             .notImplemented,
-            #"{"code":501,"error":"profile operations (/engage, /groups) are not implemented by this server yet; events (/track, /import) are","status":0}"#
+            #"{"code":501,"error":"group profile operations (/groups) are not implemented by this server; user profiles (/engage) and events (/track, /import) are","status":0}"#
         )
     }
 

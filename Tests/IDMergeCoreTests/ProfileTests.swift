@@ -131,6 +131,8 @@ struct ProfileTests {
                     ["$distinct_id": "U1", "$set": ["a": 3], "$time": Self.t0 + 60, "$ignore_time": true],
                     ["$distinct_id": "U2", "$set": ["a": 1], "$ignore_time": true],
                     ["$distinct_id": "U3", "$set": ["a": 1]],
+                    // Null members count as not sent (RudderStack sends "$time": null).
+                    ["$distinct_id": "U4", "$set": ["a": 1], "$time": NSNull(), "$ignore_time": NSNull()],
                 ]), name: "seen.ndjson")
             let rows = try db.query(
                 """
@@ -139,10 +141,11 @@ struct ProfileTests {
                 from idmerge.profiles order by distinct_id
                 """
             ).rows
-            #expect(rows.map { $0["distinct_id"] } == ["U1", "U2", "U3"])
+            #expect(rows.map { $0["distinct_id"] } == ["U1", "U2", "U3", "U4"])
             #expect(rows[0]["seen"] == String(Self.t0))
             #expect(rows[1]["seen"] == nil)
             #expect(rows[2]["recent"] == "t")
+            #expect(rows[3]["recent"] == "t")
             try Self.expectProfile("U1", #"{"a": 3}"#, on: db)
         }
     }

@@ -21,11 +21,12 @@ struct ClientCompatibilityTests {
         # The sign-up, backfilled through /import with the project secret: it links the device.
         mp.import_data(token, "sdk-user-1", "Signed Up", int(time.time()) - 60,
                        {"$device_id": "sdk-device-1", "$user_id": "sdk-user-1"}, api_secret=secret)
-        try:
-            mp.people_set("sdk-user-1", {"plan": "pro"})
-            print("people: accepted")
-        except mixpanel.MixpanelException as error:
-            print("people: " + str(error))
+        # Profile updates through /engage (data=, verbose=1): the SDK raises unless status is 1.
+        mp.people_set("sdk-user-1", {"plan": "pro", "$email": "u1@example.com"})
+        mp.people_set_once("sdk-user-1", {"plan": "free", "first_seen_on": "web"})
+        mp.people_increment("sdk-user-1", {"logins": 2})
+        mp.people_union("sdk-user-1", {"tags": ["a", "b"]})
+        mp.people_append("sdk-user-1", {"tags": "c"})
         print("ok")
         """
 
@@ -49,7 +50,15 @@ struct ClientCompatibilityTests {
             }
             #expect(output.status == 0, "\(output.text)")
             #expect(output.text.contains("ok"))
-            #expect(output.text.contains("people: Mixpanel error: profile operations"))
+            let profile = try db.query(
+                "select properties::text as p from idmerge.profiles where distinct_id = 'sdk-user-1'"
+            ).first?.decode("p", as: String.self)
+            let properties = try JSONSerialization.jsonObject(with: Data((profile ?? "{}").utf8)) as? [String: Any]
+            #expect(properties?["plan"] as? String == "pro")
+            #expect(properties?["$email"] as? String == "u1@example.com")
+            #expect(properties?["first_seen_on"] as? String == "web")
+            #expect(properties?["logins"] as? Int == 2)
+            #expect(properties?["tags"] as? [String] == ["a", "b", "c"])
             let rows = try db.query(
                 "select event, distinct_id, ingested_distinct_id from idmerge.resolved_events order by ingest_seq")
             let events = try rows.rows.map {
@@ -117,6 +126,76 @@ struct ClientCompatibilityTests {
             ).first!.decode("n", as: Int.self)
             #expect(merges > 0)
             #expect(total >= 30)
+        }
+    }
+
+    /// RudderStack's /engage bodies (JSON arrays of updates naming `$token`): every request is
+    /// answered 200; updates Mixpanel would refuse (`$add` of a string) are kept as refused
+    /// records, the rest are applied.
+    @Test func rudderStackEngageBodiesAreApplied() async throws {
+        let folder = Shared.root.appendingPathComponent("data/rudderstack-fixtures")
+        var bodies: [(String, [Any])] = []
+        for file in ["rudderstack_to_mp_processor.ndjson", "rudderstack_to_mp_router.ndjson"] {
+            guard let text = try? String(contentsOf: folder.appendingPathComponent(file), encoding: .utf8) else {
+                #expect(!Shared.isCI, "the shared folder must be present under CI")
+                return
+            }
+            for line in text.split(separator: "\n") {
+                let testCase = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+                for output in testCase["expected_outputs"] as? [[String: Any]] ?? [] {
+                    guard let endpoint = output["endpoint"] as? String, endpoint.contains("/engage"),
+                        let body = output["body"] as? [Any]
+                    else { continue }
+                    bodies.append(("\(file) \(testCase["test"] ?? "?")", body))
+                }
+            }
+        }
+        #expect(bodies.count >= 40)
+        try await TestDatabase.withFreshAsync { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let created = try Projects.create(name: "rudder", mode: .simplified, on: db)
+            var sent = 0
+            var answeredZero = 0
+            try await TestServer.with(conninfo) { base in
+                for (name, body) in bodies {
+                    // The fixtures' tokens stand for the customer's project: ours here.
+                    let updates = body.map { update -> Any in
+                        guard var object = update as? [String: Any] else { return update }
+                        object["$token"] = created.project.token
+                        return object
+                    }
+                    let bytes = Array(try JSONSerialization.data(withJSONObject: updates))
+                    let answer = try await HTTP.send(
+                        "POST", base + "/engage/", headers: ["Content-Type": "application/json"], body: bytes)
+                    #expect(answer.status == 200, "\(name): \(answer.body)")
+                    #expect(answer.body == "1" || answer.body == "0", "\(name): \(answer.body)")
+                    if answer.body == "0" { answeredZero += 1 }
+                    sent += body.count
+                }
+            }
+            let applied = try db.query(
+                "select coalesce(sum(stored), 0)::bigint as n from idmerge.import_batches where source like 'profiles:%'"
+            ).first!.decode("n", as: Int.self)
+            let refused = try db.query(
+                """
+                select count(*) as n from idmerge.refused_records r
+                join idmerge.import_batches b on b.id = r.batch_id where b.source like 'profiles:%'
+                """
+            ).first!.decode("n", as: Int.self)
+            // Nothing is lost: every update is applied or kept with its reason.
+            #expect(applied + refused == sent)
+            #expect(refused == answeredZero, "one refused update per request answered 0")
+            // The one update refused: `$add` of the string "2". (`"$time": null` counts as no time.)
+            #expect(refused == 1)
+            #expect(applied > refused)
+            let email = try db.query(
+                """
+                select properties ->> '$email' as email from idmerge.profiles
+                where distinct_id = 'e6ab2c5e-2cda-44a9-a962-e2f67df78bca'
+                """
+            ).first?.decode("email", as: String?.self)
+            #expect(email == "mickey@disney.com")
         }
     }
 

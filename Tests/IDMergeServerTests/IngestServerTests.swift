@@ -296,14 +296,54 @@ struct IngestServerTests {
 
     @Test func engageHealthAndMetrics() async throws {
         try await TestDatabase.withFreshAsync { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let token = try Projects.create(name: "web", mode: .simplified, on: db).project.token
             try await TestServer.with(conninfo) { base in
-                let engage = try await HTTP.send("POST", base + "/engage", body: HTTP.form([("data", "[]")]))
-                #expect(engage.status == 501)
-                #expect((engage.json?["error"] as? String)?.contains("not implemented") == true)
+                // One update as form data (base64, as older SDKs send it), answered 1.
+                let update = #"{"$token":"\#(token)","$distinct_id":"u1","$set":{"plan":"pro"}}"#
+                let encoded = Data(update.utf8).base64EncodedString()
+                let engage = try await HTTP.send("POST", base + "/engage", body: HTTP.form([("data", encoded)]))
+                #expect(engage.status == 200)
+                #expect(engage.body == "1")
+                // A batch with one bad update: verbose names it, the good one is applied.
+                let batch =
+                    #"[{"$token":"\#(token)","$distinct_id":"u2","$add":{"n":"x"}},"#
+                    + #"{"$token":"\#(token)","$distinct_id":"u2","$set":{"a":1}}]"#
+                let verbose = try await HTTP.send(
+                    "POST", base + "/engage?verbose=1", body: HTTP.form([("data", batch)]))
+                #expect(verbose.status == 200)
+                #expect(verbose.json?["status"] as? Int == 0)
+                #expect((verbose.json?["error"] as? String)?.contains("update 0") == true, "\(verbose.body)")
+                let strict = try await HTTP.send(
+                    "POST", base + "/engage?strict=1", headers: ["Content-Type": "application/json"],
+                    body: Array(batch.utf8))
+                #expect(strict.status == 400)
+                #expect((strict.json?["failed_records"] as? [[String: Any]])?.first?["index"] as? Int == 0)
+                // No token, an unknown token, and broken JSON: refused with a reason, never 500.
+                let noToken = try await HTTP.send(
+                    "POST", base + "/engage?verbose=1", body: HTTP.form([("data", #"{"$distinct_id":"u3","$set":{}}"#)])
+                )
+                #expect(noToken.status == 400)
+                #expect((noToken.json?["error"] as? String)?.contains("$token") == true)
+                let unknown = try await HTTP.send(
+                    "POST", base + "/engage",
+                    body: HTTP.form([("data", #"{"$token":"nope","$distinct_id":"u3","$set":{}}"#)]))
+                #expect(unknown.status == 401)
+                #expect(unknown.body == "0")
+                let broken = try await HTTP.send("POST", base + "/engage", body: HTTP.form([("data", "[{")]))
+                #expect(broken.status == 400)
+                let properties = try db.query(
+                    "select distinct_id, properties::text as p from idmerge.profiles order by distinct_id"
+                ).rows.map { try [$0.decode("distinct_id", as: String.self), $0.decode("p", as: String.self)] }
+                #expect(properties == [["u1", #"{"plan": "pro"}"#], ["u2", #"{"a": 1}"#]])
+                let groups = try await HTTP.send("POST", base + "/groups", body: HTTP.form([("data", "[]")]))
+                #expect(groups.status == 501)
                 let health = try await HTTP.send("GET", base + "/healthz")
                 #expect(health.status == 200)
                 let metrics = try await HTTP.send("GET", base + "/metrics")
-                #expect(metrics.body.contains("idmerge_http_requests_total{endpoint=\"engage\",status=\"501\"} 1"))
+                #expect(metrics.body.contains("idmerge_http_requests_total{endpoint=\"engage\",status=\"200\"} 2"))
+                #expect(metrics.body.contains("idmerge_profile_updates_applied_total 3"), "\(metrics.body)")
             }
         }
     }
