@@ -82,18 +82,8 @@ struct MixpanelHandlers: Sendable {
         }
         var payload = try Payload.split(json, singleObject: true)
         // The token in the events picks the project; all of one request's events name one.
-        var tokens = Set<String>()
-        for range in payload.records {
-            guard let object = try? JSONSerialization.jsonObject(with: Data(payload.bytes[range])) as? [String: Any],
-                let properties = object["properties"] as? [String: Any],
-                let token = properties["token"] as? String, !token.isEmpty
-            else {
-                throw PayloadError.malformed("every event needs properties.token, the project's token")
-            }
-            tokens.insert(token)
-        }
-        guard tokens.count == 1, let token = tokens.first else {
-            throw PayloadError.malformed("the events of one request must carry the same project token")
+        let token = try Self.projectToken(payload, what: "events", name: "properties.token") {
+            ($0["properties"] as? [String: Any])?["token"]
         }
         guard let project = try await directory.project(token: token) else {
             return trackResponse(status: .unauthorized, error: "unknown project token", verbose: verbose)
@@ -195,18 +185,7 @@ struct MixpanelHandlers: Sendable {
             throw PayloadError.malformed("missing the data parameter")
         }
         let payload = try Payload.split(json, singleObject: true)
-        var tokens = Set<String>()
-        for range in payload.records {
-            guard let object = try? JSONSerialization.jsonObject(with: Data(payload.bytes[range])) as? [String: Any],
-                let token = object["$token"] as? String, !token.isEmpty
-            else {
-                throw PayloadError.malformed("every profile update needs $token, the project's token")
-            }
-            tokens.insert(token)
-        }
-        guard tokens.count == 1, let token = tokens.first else {
-            throw PayloadError.malformed("the profile updates of one request must carry the same project token")
-        }
+        let token = try Self.projectToken(payload, what: "profile updates", name: "$token") { $0["$token"] }
         guard let project = try await directory.project(token: token) else {
             return trackResponse(status: .unauthorized, error: "unknown project token", verbose: verbose)
         }
@@ -297,6 +276,28 @@ struct MixpanelHandlers: Sendable {
         let password = parts.count > 1 ? String(parts[1]) : ""
         let secret = password.isEmpty ? user : password
         return secret.isEmpty ? nil : secret
+    }
+
+    /// The one project token a request's records name (`/track`: `properties.token`;
+    /// `/engage`: `$token`).
+    ///
+    /// - Throws: ``PayloadError`` when a record names none, or two records name different ones.
+    static func projectToken(
+        _ payload: SplitPayload, what: String, name: String, _ token: ([String: Any]) -> Any?
+    ) throws -> String {
+        var tokens = Set<String>()
+        for range in payload.records {
+            guard let object = try? JSONSerialization.jsonObject(with: Data(payload.bytes[range])) as? [String: Any],
+                let value = token(object) as? String, !value.isEmpty
+            else {
+                throw PayloadError.malformed("every one of the \(what) needs \(name), the project's token")
+            }
+            tokens.insert(value)
+        }
+        guard tokens.count == 1, let value = tokens.first else {
+            throw PayloadError.malformed("the \(what) of one request must carry the same project token")
+        }
+        return value
     }
 
     static func message(_ refusal: Refusal) -> String {
