@@ -389,6 +389,19 @@ begin
             identity_failure_description = excluded.identity_failure_description,
             properties = excluded.properties;
 
+    -- A mapping this batch made needs the nightly job only when a stored event resolved
+    -- before it carries the id: this batch's events were resolved through it as they were
+    -- inserted. Marking the others rewritten keeps the live view's pending set small (as
+    -- merge_staged_simplified does for new links); the project lock holds, and a nightly run
+    -- only ever lowers resolved_seq below the new mapping's seq, so nothing stale is missed.
+    update idmerge.identity_map as m
+    set rewritten = true
+    where m.project_id = p_project_id and not m.rewritten and m.seq > seq_base
+        and not exists (
+            select 1 from idmerge.events as e
+            where e.project_id = p_project_id and e.ingested_distinct_id = m.id and e.resolved_seq < m.seq
+        );
+
     stored := batch_count;
     duplicates := (staged_count - batch_count) + replaced_count;
     links := link_count;
