@@ -70,24 +70,7 @@ struct ClientCompatibilityTests {
     }
 
     @Test func rudderStackImportBodiesAreAccepted() async throws {
-        let folder = Shared.root.appendingPathComponent("data/rudderstack-fixtures")
-        var bodies: [(String, [Any])] = []
-        for file in ["rudderstack_to_mp_processor.ndjson", "rudderstack_to_mp_router.ndjson"] {
-            guard let text = try? String(contentsOf: folder.appendingPathComponent(file), encoding: .utf8) else {
-                #expect(!Shared.isCI, "the shared folder must be present under CI")
-                print("notice: \(folder.path) not found; RudderStack cases skipped (set IDMERGE_SHARED)")
-                return
-            }
-            for line in text.split(separator: "\n") {
-                let testCase = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
-                for output in testCase["expected_outputs"] as? [[String: Any]] ?? [] {
-                    guard let endpoint = output["endpoint"] as? String, endpoint.contains("/import"),
-                        let body = output["body"] as? [Any]
-                    else { continue }
-                    bodies.append(("\(file) \(testCase["test"] ?? "?")", body))
-                }
-            }
-        }
+        guard let bodies = try Self.rudderStackBodies(endpoint: "/import") else { return }
         #expect(bodies.count >= 25)
         try await TestDatabase.withFreshAsync { conninfo in
             let db = try TestDatabase.connect(conninfo)
@@ -133,23 +116,7 @@ struct ClientCompatibilityTests {
     /// answered 200; updates Mixpanel would refuse (`$add` of a string) are kept as refused
     /// records, the rest are applied.
     @Test func rudderStackEngageBodiesAreApplied() async throws {
-        let folder = Shared.root.appendingPathComponent("data/rudderstack-fixtures")
-        var bodies: [(String, [Any])] = []
-        for file in ["rudderstack_to_mp_processor.ndjson", "rudderstack_to_mp_router.ndjson"] {
-            guard let text = try? String(contentsOf: folder.appendingPathComponent(file), encoding: .utf8) else {
-                #expect(!Shared.isCI, "the shared folder must be present under CI")
-                return
-            }
-            for line in text.split(separator: "\n") {
-                let testCase = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
-                for output in testCase["expected_outputs"] as? [[String: Any]] ?? [] {
-                    guard let endpoint = output["endpoint"] as? String, endpoint.contains("/engage"),
-                        let body = output["body"] as? [Any]
-                    else { continue }
-                    bodies.append(("\(file) \(testCase["test"] ?? "?")", body))
-                }
-            }
-        }
+        guard let bodies = try Self.rudderStackBodies(endpoint: "/engage") else { return }
         #expect(bodies.count >= 40)
         try await TestDatabase.withFreshAsync { conninfo in
             let db = try TestDatabase.connect(conninfo)
@@ -197,6 +164,30 @@ struct ClientCompatibilityTests {
             ).first?.decode("email", as: String?.self)
             #expect(email == "mickey@disney.com")
         }
+    }
+
+    /// The bodies RudderStack's Mixpanel transformer sends to `endpoint` (each case's
+    /// `expected_outputs`), named by file and case; nil (a notice) when the shared folder is missing.
+    static func rudderStackBodies(endpoint wanted: String) throws -> [(String, [Any])]? {
+        let folder = Shared.root.appendingPathComponent("data/rudderstack-fixtures")
+        var bodies: [(String, [Any])] = []
+        for file in ["rudderstack_to_mp_processor.ndjson", "rudderstack_to_mp_router.ndjson"] {
+            guard let text = try? String(contentsOf: folder.appendingPathComponent(file), encoding: .utf8) else {
+                #expect(!Shared.isCI, "the shared folder must be present under CI")
+                print("notice: \(folder.path) not found; RudderStack cases skipped (set IDMERGE_SHARED)")
+                return nil
+            }
+            for line in text.split(separator: "\n") {
+                let testCase = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+                for output in testCase["expected_outputs"] as? [[String: Any]] ?? [] {
+                    guard let endpoint = output["endpoint"] as? String, endpoint.contains(wanted),
+                        let body = output["body"] as? [Any]
+                    else { continue }
+                    bodies.append(("\(file) \(testCase["test"] ?? "?")", body))
+                }
+            }
+        }
+        return bodies
     }
 
     static func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, text: String) {
