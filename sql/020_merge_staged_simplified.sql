@@ -15,98 +15,210 @@
 --   5. Failure (S-R9): an event whose D is linked to another user keeps its own $user_id and
 --      gets $identity_failure_reason = errAnonDistinctIdAssignedAlready.
 -- The project's advisory lock serializes batches, so rule 3 follows arrival order exactly.
+--
+-- Same rows as idmerge.staged_events (sql/015), without materialising the batch again
+-- (BENCHMARKS.md, "Where import time goes"):
+--   * duplicates inside the batch are found by sorting a 64-bit hash of the key (measured:
+--     sorting a million bigints beats a hash table of a million groups, so hash aggregation
+--     is off in this function; a sort also spills gracefully under a small work_mem); only rows
+--     whose hash repeats are compared on the key itself, and the earlier copies' positions go
+--     to the temp table idmerge_losers (usually empty);
+--   * the winning rows are inserted with a plain INSERT, which costs about half an
+--     INSERT ... ON CONFLICT on the unique index; if a row collides with a stored event the
+--     statement fails with unique_violation, is rolled back, and the batch takes the upsert
+--     instead (the cost of a re-import is then the upsert plus the aborted attempt).
 
 create or replace function idmerge.merge_staged_simplified(p_project_id integer, p_batch_id bigint)
 returns table (stored bigint, duplicates bigint, links bigint)
 language plpgsql
 set plan_cache_mode = force_custom_plan
+set jit = off
+set enable_hashagg = off
 as $$
+#variable_conflict use_column
 declare
     staged_count bigint;
     seq_span bigint;
     seq_base bigint;
+    missing_ids bigint;
+    min_ms bigint;
+    max_ms bigint;
+    repeated_hashes bigint[];
     batch_count bigint;
-    replaced_count bigint;
+    replaced_count bigint := 0;
     link_count bigint;
 begin
     perform pg_advisory_xact_lock(hashtext('idmerge.project'), p_project_id);
 
-    -- Accepted records, and the span of positions the batch's sequence numbers take.
-    select count(*) filter (where refused_reason is null), coalesce(max(pos) + 1, 0)
-        into staged_count, seq_span
-    from pg_temp.idmerge_stage;
+    -- Accepted records, the span of positions the batch's sequence numbers take, the records
+    -- without $insert_id and the time range, in one pass.
+    select count(*) filter (where s.refused_reason is null), coalesce(max(s.pos) + 1, 0),
+        count(*) filter (where s.refused_reason is null and s.insert_id is null),
+        min(s.time_ms) filter (where s.refused_reason is null),
+        max(s.time_ms) filter (where s.refused_reason is null)
+        into staged_count, seq_span, missing_ids, min_ms, max_ms
+    from pg_temp.idmerge_stage as s;
     update idmerge.projects set last_seq = last_seq + seq_span
         where id = p_project_id
         returning last_seq - seq_span into seq_base;
 
-    drop table if exists pg_temp.idmerge_batch;
-    create temp table idmerge_batch on commit drop as
-    select * from idmerge.staged_events(seq_base);
+    -- $insert_id as sent, or derived (idmerge.derived_insert_id), written back once so every
+    -- later statement reads the key as stored.
+    if missing_ids > 0 then
+        update pg_temp.idmerge_stage as s
+            set insert_id = idmerge.derived_insert_id(s.event, s.time_ms, s.properties)
+            where s.refused_reason is null and s.insert_id is null;
+    end if;
 
-    get diagnostics batch_count = row_count;
+    -- The stage has no statistics: without them the planner takes `refused_reason is null`
+    -- for 0.5% of the rows and may pick nested loops over the whole batch. One column's
+    -- statistics cost about 0.1 s for a million rows, a millisecond for an HTTP batch.
+    analyze pg_temp.idmerge_stage (refused_reason);
 
-    perform idmerge.ensure_event_partitions(min(time), max(time)) from pg_temp.idmerge_batch;
+    -- Rule 2 inside the batch: the positions of every copy but the latest.
+    if to_regclass('pg_temp.idmerge_losers') is null then
+        create temp table idmerge_losers (pos bigint primary key) on commit delete rows;
+    else
+        delete from pg_temp.idmerge_losers;
+    end if;
+    select array_agg(repeated.h) into repeated_hashes
+    from (
+        select hashed.h
+        from (
+            select hashtextextended(s.event, hashtextextended(s.insert_id, hashtextextended(s.ingested_id, s.time_ms))) as h
+            from pg_temp.idmerge_stage as s
+            where s.refused_reason is null
+        ) as hashed
+        group by hashed.h
+        having count(*) > 1
+    ) as repeated;
+    if repeated_hashes is not null then
+        insert into pg_temp.idmerge_losers (pos)
+        select ranked.pos
+        from (
+            select s.pos,
+                row_number() over (
+                    partition by s.ingested_id, s.time_ms, s.insert_id, s.event order by s.pos desc) as copy_rank
+            from pg_temp.idmerge_stage as s
+            where s.refused_reason is null
+                and hashtextextended(s.event, hashtextextended(s.insert_id, hashtextextended(s.ingested_id, s.time_ms)))
+                    = any (repeated_hashes)
+        ) as ranked
+        where ranked.copy_rank > 1;
+    end if;
+    batch_count := staged_count - (select count(*) from pg_temp.idmerge_losers);
+
+    if min_ms is not null then
+        perform idmerge.ensure_event_partitions(
+            timestamptz 'epoch' + min_ms * interval '1 millisecond',
+            timestamptz 'epoch' + max_ms * interval '1 millisecond');
+    end if;
 
     -- A new link needs the nightly job only when events stored before this batch carry the
     -- device; this batch's own events are resolved as they are inserted.
     insert into idmerge.identity_map (project_id, id, canonical_id, seq, rewritten)
-    select distinct on (device_key)
-        p_project_id, device_key, user_id, seq,
+    select
+        p_project_id, first_pairs.device_key, first_pairs.user_id, first_pairs.seq,
         not exists (
             select 1 from idmerge.events as e
-            where e.project_id = p_project_id and e.ingested_distinct_id = device_key and e.resolved_seq < seq
+            where e.project_id = p_project_id and e.ingested_distinct_id = first_pairs.device_key
+                and e.resolved_seq < first_pairs.seq
         )
     from (
-        select '$device:' || b.device_id as device_key, b.user_id, b.seq
-        from pg_temp.idmerge_batch as b
-        where b.user_id is not null and b.device_id is not null
-    ) as pairs
-    where not exists (
-        select 1 from idmerge.identity_map as m
-        where m.project_id = p_project_id and m.id = pairs.device_key
-    )
-    order by device_key, seq;
+        select distinct on (device_key) device_key, user_id, seq
+        from (
+            select '$device:' || s.device_id as device_key, s.user_id, seq_base + s.pos + 1 as seq
+            from pg_temp.idmerge_stage as s
+            where s.refused_reason is null and s.user_id is not null and s.device_id is not null
+                and not exists (select 1 from pg_temp.idmerge_losers as l where l.pos = s.pos)
+        ) as pairs
+        where not exists (
+            select 1 from idmerge.identity_map as m
+            where m.project_id = p_project_id and m.id = pairs.device_key
+        )
+        order by device_key, seq
+    ) as first_pairs;
 
     get diagnostics link_count = row_count;
 
-    -- Copies replacing a stored event (counted before the upsert; the project lock holds).
-    select count(*) into replaced_count
-    from pg_temp.idmerge_batch as b
-    where exists (
-        select 1 from idmerge.events as e
-        where e.project_id = p_project_id and e.ingested_distinct_id = b.ingested_id
-            and e.time = b.time and e.insert_id = b.insert_id and e.event = b.event
-    );
+    begin
+        insert into idmerge.events (
+                project_id, time, seq, batch_id, event, insert_id, ingested_distinct_id, device_id,
+                user_id, distinct_id, resolved_seq, identity_failure_reason, properties)
+            select
+                p_project_id, b.time, b.seq, p_batch_id, b.event, b.insert_id, b.ingested_id,
+                b.device_id, b.user_id,
+                coalesce(m.canonical_id, b.ingested_id),
+                coalesce(m.seq, 0),
+                case
+                    when b.user_id is not null and d.canonical_id is not null and d.canonical_id <> b.user_id
+                        then 'errAnonDistinctIdAssignedAlready'
+                    else b.warning
+                end,
+                b.properties
+            from (
+                select
+                    seq_base + s.pos + 1 as seq, timestamptz 'epoch' + s.time_ms * interval '1 millisecond' as time,
+                    s.event, s.insert_id, s.ingested_id, s.device_id, s.user_id, s.warning, s.properties
+                from pg_temp.idmerge_stage as s
+                where s.refused_reason is null
+                    and not exists (select 1 from pg_temp.idmerge_losers as l where l.pos = s.pos)
+            ) as b
+            left join idmerge.identity_map as m
+                on m.project_id = p_project_id and m.id = b.ingested_id
+            left join idmerge.identity_map as d
+                on d.project_id = p_project_id and b.device_id is not null and d.id = '$device:' || b.device_id;
+    exception when unique_violation then
+        -- Some copies replace stored events (rule 2 against stored events): count them, then
+        -- upsert the whole batch.
+        select count(*) into replaced_count
+        from pg_temp.idmerge_stage as s
+        where s.refused_reason is null
+            and not exists (select 1 from pg_temp.idmerge_losers as l where l.pos = s.pos)
+            and exists (
+                select 1 from idmerge.events as e
+                where e.project_id = p_project_id and e.ingested_distinct_id = s.ingested_id
+                    and e.time = timestamptz 'epoch' + s.time_ms * interval '1 millisecond'
+                    and e.insert_id = s.insert_id and e.event = s.event
+            );
 
-    insert into idmerge.events as e (
-            project_id, time, seq, batch_id, event, insert_id, ingested_distinct_id, device_id,
-            user_id, distinct_id, resolved_seq, identity_failure_reason, properties)
-        select
-            p_project_id, b.time, b.seq, p_batch_id, b.event, b.insert_id, b.ingested_id,
-            b.device_id, b.user_id,
-            coalesce(m.canonical_id, b.ingested_id),
-            coalesce(m.seq, 0),
-            case
-                when b.user_id is not null and d.canonical_id is not null and d.canonical_id <> b.user_id
-                    then 'errAnonDistinctIdAssignedAlready'
-                else b.warning
-            end,
-            b.properties
-        from pg_temp.idmerge_batch as b
-        left join idmerge.identity_map as m
-            on m.project_id = p_project_id and m.id = b.ingested_id
-        left join idmerge.identity_map as d
-            on d.project_id = p_project_id and b.device_id is not null and d.id = '$device:' || b.device_id
-        on conflict (project_id, ingested_distinct_id, time, insert_id, event) do update set
-            seq = excluded.seq,
-            batch_id = excluded.batch_id,
-            device_id = excluded.device_id,
-            user_id = excluded.user_id,
-            distinct_id = excluded.distinct_id,
-            resolved_seq = excluded.resolved_seq,
-            identity_failure_reason = excluded.identity_failure_reason,
-            identity_failure_description = excluded.identity_failure_description,
-            properties = excluded.properties;
+        insert into idmerge.events as e (
+                project_id, time, seq, batch_id, event, insert_id, ingested_distinct_id, device_id,
+                user_id, distinct_id, resolved_seq, identity_failure_reason, properties)
+            select
+                p_project_id, b.time, b.seq, p_batch_id, b.event, b.insert_id, b.ingested_id,
+                b.device_id, b.user_id,
+                coalesce(m.canonical_id, b.ingested_id),
+                coalesce(m.seq, 0),
+                case
+                    when b.user_id is not null and d.canonical_id is not null and d.canonical_id <> b.user_id
+                        then 'errAnonDistinctIdAssignedAlready'
+                    else b.warning
+                end,
+                b.properties
+            from (
+                select
+                    seq_base + s.pos + 1 as seq, timestamptz 'epoch' + s.time_ms * interval '1 millisecond' as time,
+                    s.event, s.insert_id, s.ingested_id, s.device_id, s.user_id, s.warning, s.properties
+                from pg_temp.idmerge_stage as s
+                where s.refused_reason is null
+                    and not exists (select 1 from pg_temp.idmerge_losers as l where l.pos = s.pos)
+            ) as b
+            left join idmerge.identity_map as m
+                on m.project_id = p_project_id and m.id = b.ingested_id
+            left join idmerge.identity_map as d
+                on d.project_id = p_project_id and b.device_id is not null and d.id = '$device:' || b.device_id
+            on conflict (project_id, ingested_distinct_id, time, insert_id, event) do update set
+                seq = excluded.seq,
+                batch_id = excluded.batch_id,
+                device_id = excluded.device_id,
+                user_id = excluded.user_id,
+                distinct_id = excluded.distinct_id,
+                resolved_seq = excluded.resolved_seq,
+                identity_failure_reason = excluded.identity_failure_reason,
+                identity_failure_description = excluded.identity_failure_description,
+                properties = excluded.properties;
+    end;
 
     stored := batch_count;
     duplicates := (staged_count - batch_count) + replaced_count;

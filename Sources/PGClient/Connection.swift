@@ -402,6 +402,13 @@ public final class CopyWriter {
         buffer.append(byte)
     }
 
+    /// Lets `body` append to the buffer in place (no intermediate array per row), then sends
+    /// the buffer once it holds a chunk (256 KiB).
+    public func append(_ body: (inout [UInt8]) throws -> Void) throws {
+        try body(&buffer)
+        if buffer.count >= chunkSize { try flush() }
+    }
+
     /// Sends what is buffered to the server.
     public func flush() throws {
         guard !buffer.isEmpty else { return }

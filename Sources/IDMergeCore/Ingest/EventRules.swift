@@ -68,9 +68,34 @@ public struct EventRules: Sendable {
             }
             // The longest placeholder is 36 bytes; anything longer is an identifier.
             guard upper - lower <= 36 else { return false }
-            let lowered = bytes[lower..<upper].map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }
-            return placeholders.contains(String(decoding: lowered, as: UTF8.self))
+            let text = UnsafeBufferPointer(rebasing: bytes[lower..<upper])
+            for candidate in placeholderBytes[text.count] where candidate.count == text.count {
+                var equal = true
+                for k in 0..<text.count {
+                    let b = text[k]
+                    if (b >= 0x41 && b <= 0x5A ? b + 0x20 : b) != candidate[k] {
+                        equal = false
+                        break
+                    }
+                }
+                if equal { return true }
+            }
+            return false
         }
+    }
+
+    /// `placeholders` as bytes, by length (the ASCII ones; all of them are).
+    static let placeholderBytes: [[[UInt8]]] = {
+        var byLength: [[[UInt8]]] = Array(repeating: [], count: 37)
+        for placeholder in placeholders { byLength[placeholder.utf8.count].append(Array(placeholder.utf8)) }
+        return byLength
+    }()
+
+    /// True when `text` is empty once Unicode white space and newlines are trimmed.
+    static func isBlank(_ text: String) -> Bool {
+        // Any ASCII byte other than white space is a character that trimming keeps.
+        if text.utf8.contains(where: { $0 < 0x80 && $0 != 0x20 && ($0 < 0x09 || $0 > 0x0D) }) { return false }
+        return text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty
     }
 
     /// An event accepted for storage.
@@ -99,7 +124,7 @@ public struct EventRules: Sendable {
             if record.event == nil { return .refuse(field: "event", reason: "missing: every event needs a name") }
             return .refuse(field: "event", reason: "must be a string")
         }
-        guard !event.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
+        guard !Self.isBlank(event) else {
             return .refuse(field: "event", reason: "must not be empty")
         }
         guard event.utf8.count <= Self.maxKeyBytes else {
@@ -180,10 +205,14 @@ public struct EventRules: Sendable {
             deviceId = nil
         }
         let sentDistinctId = identifier("distinct_id")
-        for (key, value) in [("$user_id", userId), ("$device_id", deviceId), ("distinct_id", sentDistinctId)] {
-            if let value, value.utf8.count > Self.maxKeyBytes {
-                return .refuse(field: "properties.\(key)", reason: "longer than \(Self.maxKeyBytes) bytes")
-            }
+        if let value = userId, value.utf8.count > Self.maxKeyBytes {
+            return .refuse(field: "properties.$user_id", reason: "longer than \(Self.maxKeyBytes) bytes")
+        }
+        if let value = deviceId, value.utf8.count > Self.maxKeyBytes {
+            return .refuse(field: "properties.$device_id", reason: "longer than \(Self.maxKeyBytes) bytes")
+        }
+        if let value = sentDistinctId, value.utf8.count > Self.maxKeyBytes {
+            return .refuse(field: "properties.distinct_id", reason: "longer than \(Self.maxKeyBytes) bytes")
         }
         let ingested: String?
         switch mode {
@@ -237,6 +266,22 @@ public struct EventRules: Sendable {
                 deviceId: deviceId, userId: userId, warning: warning))
     }
 
+    /// `millis(fromTimeLiteral:)` for the common spelling, digits only (JSON allows no leading
+    /// zero but in "0"); nil for anything else, which takes the general path.
+    @inline(__always) static func millis(fromIntegerLiteral text: String) -> Int64? {
+        let utf8 = text.utf8
+        let count = utf8.count
+        guard count > 0, count <= 16, count == 1 || utf8.first != 0x30 else { return nil }
+        var value: Int64 = 0
+        for b in utf8 {
+            guard b >= 0x30 && b <= 0x39 else { return nil }
+            value = value * 10 + Int64(b - 0x30)
+        }
+        // 13 or more integer digits: milliseconds; 12: milliseconds unless exactly 1e11.
+        let isMillis = count > 12 || (count == 12 && value != 100_000_000_000)
+        return isMillis ? value : value * 1000
+    }
+
     /// True when every character is printable: no controls, format characters, line or
     /// paragraph separators, private-use or unassigned code points.
     static func isPrintable(_ text: String) -> Bool {
@@ -256,6 +301,7 @@ public struct EventRules: Sendable {
     ///
     /// - Returns: nil for negative values or values too large to be a time.
     public static func millis(fromTimeLiteral text: String) -> Int64? {
+        if let whole = millis(fromIntegerLiteral: text) { return whole }
         var digits: [UInt8] = []
         var fractionDigits = 0
         var exponent = 0

@@ -80,14 +80,23 @@ public final class Importer {
         let rules = EventRules(mode: project.mode, nowMillis: Int64(Date().timeIntervalSince1970 * 1000))
         let started = Date()
         return try connection.transaction { connection in
-            try connection.execute(Self.stageDDL)
-            let batchId: Int64 = try connection.query(
-                "insert into idmerge.import_batches (project_id, source) values ($1, $2) returning id",
+            let batch = try connection.query(
+                """
+                insert into idmerge.import_batches (project_id, source) values ($1, $2)
+                returning id, pg_my_temp_schema() = 0 as fresh_session
+                """,
                 [project.id, name]
-            ).first!.decode("id")
+            ).first!
+            let batchId: Int64 = try batch.decode("id")
+            if try batch.decode("fresh_session", as: Bool.self) {
+                // Only before the session's first temp table can its temp buffers be sized.
+                try connection.query(Self.tempBuffers)
+            }
+            try connection.execute(Self.stageDDL)
             var summary = ImportSummary(source: name, batchId: batchId)
             var lastReport = Date()
             try connection.copyIn(Self.stageCopy) { writer in
+                try writer.write(bytes: BinaryCopy.header)
                 var pos = 0
                 while let record = try reader.next() {
                     summary.records += 1
@@ -108,6 +117,7 @@ public final class Importer {
                         progress(summary.records, reader.bytesRead)
                     }
                 }
+                try writer.write(bytes: BinaryCopy.trailer)
             }
             let copied = Date()
             logger.debug("staged \(summary.records) records in \(copied.timeIntervalSince(started)) s")
@@ -124,14 +134,16 @@ public final class Importer {
             summary.duplicates = try result.decode("duplicates")
             summary.links = try result.decode("links")
             logger.debug("merged the batch in \(Date().timeIntervalSince(copied)) s")
-            try connection.query(
-                """
-                insert into idmerge.refused_records (batch_id, position, position_kind, insert_id, field, reason, raw)
-                select $1, position, position_kind, insert_id, refused_field, refused_reason, raw
-                from pg_temp.idmerge_stage
-                where refused_reason is not null
-                order by pos
-                """, [batchId])
+            if summary.refused > 0 {
+                try connection.query(
+                    """
+                    insert into idmerge.refused_records (batch_id, position, position_kind, insert_id, field, reason, raw)
+                    select $1, position, position_kind, insert_id, refused_field, refused_reason, raw
+                    from pg_temp.idmerge_stage
+                    where refused_reason is not null
+                    order by pos
+                    """, [batchId])
+            }
             try connection.query(
                 """
                 update idmerge.import_batches
@@ -186,113 +198,144 @@ public final class Importer {
 
     // MARK: Staging
 
+    /// Local buffers for the session's temp tables (PostgreSQL's default is 8 MB): the staged
+    /// batch is read several times by the merge, and a stage that fits is read from memory
+    /// rather than through the kernel. Allocated only as the stage grows (a 1M-event batch
+    /// stages about 300 MB); set once per session, before its first temp table, and never
+    /// lowered.
+    static let tempBuffers = """
+        select set_config('temp_buffers', '256MB', false)
+        where pg_size_bytes(current_setting('temp_buffers')) < pg_size_bytes('256MB')
+        """
+
+    /// The staging table, once per session, emptied for each source. The columns every pass
+    /// of the merge reads come first, so reading a row stops before its properties. JIT
+    /// compilation is off for the import's transaction: the planner's estimates for a large
+    /// batch pass the JIT thresholds, and compiling (a second or more) never paid back here
+    /// (BENCHMARKS.md).
     static let stageDDL = """
+        set local jit = off;
         create temp table if not exists idmerge_stage (
             pos bigint not null,
-            position bigint not null,
-            position_kind text not null,
-            event text,
             time_ms bigint,
+            refused_reason text,
+            event text,
             insert_id text,
             ingested_id text,
             device_id text,
             user_id text,
             warning text,
             properties jsonb,
+            position bigint not null,
+            position_kind text not null,
             refused_field text,
-            refused_reason text,
             raw text
         );
         truncate pg_temp.idmerge_stage;
         """
 
+    /// Binary COPY (PostgreSQL's `PGCOPY` format): no escaping on either side, integers as
+    /// 8 bytes; text and `jsonb` (version byte 1, then the JSON text) arrive as their UTF-8
+    /// bytes and the server still checks the encoding and parses the `jsonb`.
     static let stageCopy = """
         copy pg_temp.idmerge_stage (pos, position, position_kind, event, time_ms, insert_id, ingested_id, device_id,
-            user_id, warning, properties, refused_field, refused_reason, raw) from stdin
+            user_id, warning, properties, refused_field, refused_reason, raw) from stdin with (format binary)
         """
+
+    /// Columns of every staged row (`stageCopy`).
+    static let stageColumns: Int16 = 14
 
     private func writeAccepted(
         _ writer: CopyWriter, pos: Int, record: RawRecord, event: EventRules.Accepted, range: Range<Int>
     ) throws {
-        var line: [UInt8] = []
-        line.reserveCapacity(range.count + 128)
-        appendNumber(&line, pos)
-        appendNumber(&line, record.position)
-        appendText(&line, record.positionKind.rawValue)
-        appendText(&line, event.event)
-        appendNumber(&line, Int(event.timeMillis))
-        appendText(&line, event.insertId)
-        appendText(&line, event.ingestedDistinctId)
-        appendText(&line, event.deviceId)
-        appendText(&line, event.userId)
-        appendText(&line, event.warning)
-        record.bytes.withUnsafeBufferPointer { appendEscaped(&line, UnsafeBufferPointer(rebasing: $0[range])) }
-        line.append(0x09)
-        line.append(contentsOf: "\\N\t\\N\t\\N\n".utf8)
-        try writer.write(bytes: line)
+        try writer.append { line in
+            line.reserveCapacity(line.count + range.count + 160)
+            BinaryCopy.appendInt16(&line, Self.stageColumns)
+            BinaryCopy.appendInt64(&line, Int64(pos))
+            BinaryCopy.appendInt64(&line, Int64(record.position))
+            BinaryCopy.appendText(&line, record.positionKind.rawValue)
+            BinaryCopy.appendText(&line, event.event)
+            BinaryCopy.appendInt64(&line, event.timeMillis)
+            BinaryCopy.appendText(&line, event.insertId)
+            BinaryCopy.appendText(&line, event.ingestedDistinctId)
+            BinaryCopy.appendText(&line, event.deviceId)
+            BinaryCopy.appendText(&line, event.userId)
+            BinaryCopy.appendText(&line, event.warning)
+            record.bytes.withUnsafeBufferPointer { bytes in
+                BinaryCopy.appendJSONB(&line, UnsafeBufferPointer(rebasing: bytes[range]))
+            }
+            for _ in 0..<3 { BinaryCopy.appendNull(&line) }
+        }
     }
 
     private func writeRefused(
         _ writer: CopyWriter, pos: Int, record: RawRecord, field: String, reason: String, insertId: String?
     ) throws {
-        var line: [UInt8] = []
-        appendNumber(&line, pos)
-        appendNumber(&line, record.position)
-        appendText(&line, record.positionKind.rawValue)
-        for _ in 0..<2 { appendText(&line, nil) }
-        appendText(&line, insertId.map { String($0.prefix(255)) })
-        for _ in 0..<5 { appendText(&line, nil) }
-        appendText(&line, field)
-        appendText(&line, reason)
         // The raw record as text: invalid UTF-8 and NUL (which PostgreSQL text cannot hold)
         // become U+FFFD.
         var raw = String(decoding: record.bytes, as: UTF8.self)
-        raw.withUTF8 { bytes in
-            if bytes.contains(0) {
-                let replaced = bytes.flatMap { $0 == 0 ? [0xEF, 0xBF, 0xBD] : [$0] }
-                replaced.withUnsafeBufferPointer { appendEscaped(&line, $0) }
-            } else {
-                appendEscaped(&line, bytes)
-            }
+        if raw.utf8.contains(0) {
+            raw = String(decoding: raw.utf8.flatMap { $0 == 0 ? [0xEF, 0xBF, 0xBD] : [$0] }, as: UTF8.self)
         }
-        line.append(0x0A)
-        try writer.write(bytes: line)
+        try writer.append { line in
+            BinaryCopy.appendInt16(&line, Self.stageColumns)
+            BinaryCopy.appendInt64(&line, Int64(pos))
+            BinaryCopy.appendInt64(&line, Int64(record.position))
+            BinaryCopy.appendText(&line, record.positionKind.rawValue)
+            for _ in 0..<2 { BinaryCopy.appendNull(&line) }
+            BinaryCopy.appendText(&line, insertId.map { String($0.prefix(255)) })
+            for _ in 0..<5 { BinaryCopy.appendNull(&line) }
+            BinaryCopy.appendText(&line, field)
+            BinaryCopy.appendText(&line, reason)
+            BinaryCopy.appendText(&line, raw)
+        }
+    }
+}
+
+/// Writers for PostgreSQL's binary COPY format: a header, then per row a 16-bit field count
+/// and per field a 32-bit length (-1 for null) and the value's bytes; a trailer of -1. All
+/// integers are big-endian.
+enum BinaryCopy {
+    /// Signature, flags (no OIDs) and an empty header extension.
+    static let header: [UInt8] = Array("PGCOPY\n".utf8) + [0xFF, 0x0D, 0x0A, 0x00] + [0, 0, 0, 0] + [0, 0, 0, 0]
+    static let trailer: [UInt8] = [0xFF, 0xFF]
+
+    @inline(__always) static func appendInt16(_ line: inout [UInt8], _ value: Int16) {
+        withUnsafeBytes(of: value.bigEndian) { line.append(contentsOf: $0) }
     }
 
-    @inline(__always) private func appendNumber(_ line: inout [UInt8], _ value: Int) {
-        line.append(contentsOf: String(value).utf8)
-        line.append(0x09)
+    @inline(__always) static func appendInt32(_ line: inout [UInt8], _ value: Int32) {
+        withUnsafeBytes(of: value.bigEndian) { line.append(contentsOf: $0) }
     }
 
-    @inline(__always) private func appendText(_ line: inout [UInt8], _ value: String?) {
-        if let value {
-            var copy = value
-            copy.withUTF8 { appendEscaped(&line, $0) }
-        } else {
-            line.append(0x5C)
-            line.append(UInt8(ascii: "N"))
-        }
-        line.append(0x09)
+    /// A `bigint` field.
+    @inline(__always) static func appendInt64(_ line: inout [UInt8], _ value: Int64) {
+        appendInt32(&line, 8)
+        withUnsafeBytes(of: value.bigEndian) { line.append(contentsOf: $0) }
     }
 
-    /// COPY text format: backslash, tab, newline and carriage return are escaped.
-    @inline(__always) private func appendEscaped(_ line: inout [UInt8], _ bytes: UnsafeBufferPointer<UInt8>) {
-        for b in bytes {
-            switch b {
-            case 0x5C:
-                line.append(0x5C)
-                line.append(0x5C)
-            case 0x09:
-                line.append(0x5C)
-                line.append(UInt8(ascii: "t"))
-            case 0x0A:
-                line.append(0x5C)
-                line.append(UInt8(ascii: "n"))
-            case 0x0D:
-                line.append(0x5C)
-                line.append(UInt8(ascii: "r"))
-            default: line.append(b)
-            }
+    @inline(__always) static func appendNull(_ line: inout [UInt8]) {
+        appendInt32(&line, -1)
+    }
+
+    /// A `text` field: the UTF-8 bytes, or null.
+    @inline(__always) static func appendText(_ line: inout [UInt8], _ value: String?) {
+        guard let value else { return appendNull(&line) }
+        let done: Void? = value.utf8.withContiguousStorageIfAvailable { bytes in
+            appendInt32(&line, Int32(bytes.count))
+            line.append(contentsOf: bytes)
         }
+        if done == nil {
+            let bytes = Array(value.utf8)
+            appendInt32(&line, Int32(bytes.count))
+            line.append(contentsOf: bytes)
+        }
+    }
+
+    /// A `jsonb` field from JSON text: version 1, then the text.
+    @inline(__always) static func appendJSONB(_ line: inout [UInt8], _ json: UnsafeBufferPointer<UInt8>) {
+        appendInt32(&line, Int32(json.count + 1))
+        line.append(1)
+        line.append(contentsOf: json)
     }
 }

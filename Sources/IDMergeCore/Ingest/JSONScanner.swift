@@ -46,9 +46,13 @@ public struct JSONScanner {
     /// Deepest nesting accepted (objects and arrays).
     public let maxDepth: Int
 
+    /// `wanted`, matched on the raw bytes of a member name (no String per member).
+    let wantedKeys: WantedKeys?
+
     public init(wanted: Set<String>, maxDepth: Int = 64) {
         self.wanted = wanted
         self.maxDepth = maxDepth
+        self.wantedKeys = wanted.isEmpty ? nil : WantedKeys(wanted)
     }
 
     /// Scans one record.
@@ -78,7 +82,7 @@ public struct JSONScanner {
                 } else if key == "properties" {
                     if cursor.peek() == UInt8(ascii: "{") {
                         let start = cursor.index
-                        record.fields = try cursor.object(depth: 1, wanted: wanted, path: "properties")
+                        record.fields = try cursor.object(depth: 1, wanted: wantedKeys, path: "properties")
                         record.propertiesRange = start..<cursor.index
                         record.propertiesKind = nil
                     } else {
@@ -150,7 +154,7 @@ private struct Cursor {
             let text = try string(decode: keep, field: field)
             return text.map { .string($0) }
         case UInt8(ascii: "{"):
-            _ = try object(depth: depth, wanted: [], path: field)
+            _ = try object(depth: depth, wanted: nil, path: field)
             return keep ? .object : nil
         case UInt8(ascii: "["):
             return try array(depth: depth, keep: keep, field: field)
@@ -185,7 +189,10 @@ private struct Cursor {
     }
 
     /// Parses an object; returns the members named in `wanted` (top level only).
-    mutating func object(depth: Int, wanted: Set<String>, path: String) throws -> [String: ScannedValue] {
+    ///
+    /// Errors inside a member's value name the member (`path.key`, up to depth 1); the name is
+    /// built only when an error is thrown.
+    mutating func object(depth: Int, wanted: WantedKeys?, path: String) throws -> [String: ScannedValue] {
         guard depth < maxDepth else { throw error(path, "nested deeper than \(maxDepth) levels") }
         index += 1  // {
         var kept: [String: ScannedValue] = [:]
@@ -194,30 +201,48 @@ private struct Cursor {
             index += 1
             return kept
         }
+        if wanted != nil { kept.reserveCapacity(8) }
         while true {
             skipWhitespace()
             guard peek() == UInt8(ascii: "\"") else {
                 throw error(path, "malformed JSON: expected a member name at byte \(index)")
             }
             let keyStart = index
-            let decodeKey = !wanted.isEmpty
-            let key = try string(decode: decodeKey, field: path)
-            let memberPath: String
-            if let key {
-                memberPath = path + "." + key
-            } else if depth <= 1 {
-                let raw = String(
-                    decoding: UnsafeBufferPointer(rebasing: bytes[(keyStart + 1)..<(index - 1)]), as: UTF8.self)
-                memberPath = path + "." + raw
-            } else {
-                memberPath = path
+            let escaped = try skipString(field: path)
+            // The wanted name this member matches, if any.
+            var name: String? = nil
+            if let wanted {
+                if escaped {
+                    var keyCursor = Cursor(bytes: bytes, maxDepth: maxDepth)
+                    keyCursor.index = keyStart
+                    if let key = try keyCursor.string(decode: true, field: path), wanted.names.contains(key) {
+                        name = key
+                    }
+                } else {
+                    name = wanted.match(UnsafeBufferPointer(rebasing: bytes[(keyStart + 1)..<(index - 1)]))
+                }
             }
             skipWhitespace()
-            try expect(UInt8(ascii: ":"), field: memberPath)
+            if peek() == UInt8(ascii: ":") {
+                index += 1
+            } else {
+                try expect(
+                    UInt8(ascii: ":"), field: memberPath(path, depth: depth, keyStart: keyStart, decoded: wanted != nil)
+                )
+            }
             skipWhitespace()
-            let keep = key.map { wanted.contains($0) } ?? false
-            let value = try self.value(depth: depth + 1, keep: keep, field: depth <= 1 ? memberPath : path)
-            if keep, let key, let value { kept[key] = value }
+            let value: ScannedValue?
+            if depth <= 1 {
+                do {
+                    value = try self.value(depth: depth + 1, keep: name != nil, field: path)
+                } catch var failure as JSONScanError {
+                    failure.field = memberPath(path, depth: depth, keyStart: keyStart, decoded: wanted != nil)
+                    throw failure
+                }
+            } else {
+                value = try self.value(depth: depth + 1, keep: name != nil, field: path)
+            }
+            if let name, let value { kept[name] = value }
             skipWhitespace()
             guard let next = peek() else { throw error(path, "malformed JSON: unexpected end of record") }
             index += 1
@@ -226,6 +251,31 @@ private struct Cursor {
                 throw error(path, "malformed JSON: expected ',' or '}' at byte \(index - 1)")
             }
         }
+    }
+
+    /// The name errors inside a member report: `path.key` up to depth 1 (the key decoded when
+    /// members are matched against wanted names, as written otherwise), `path` deeper down.
+    func memberPath(_ path: String, depth: Int, keyStart: Int, decoded: Bool) -> String {
+        guard depth <= 1 else { return path }
+        if decoded {
+            var keyCursor = Cursor(bytes: bytes, maxDepth: maxDepth)
+            keyCursor.index = keyStart
+            if let key = try? keyCursor.string(decode: true, field: path) { return path + "." + key }
+        }
+        var end = keyStart + 1
+        var escape = false
+        while end < bytes.count {
+            let b = bytes[end]
+            if escape {
+                escape = false
+            } else if b == UInt8(ascii: "\\") {
+                escape = true
+            } else if b == UInt8(ascii: "\"") {
+                break
+            }
+            end += 1
+        }
+        return path + "." + String(decoding: UnsafeBufferPointer(rebasing: bytes[(keyStart + 1)..<end]), as: UTF8.self)
     }
 
     mutating func array(depth: Int, keep: Bool, field: String) throws -> ScannedValue? {
@@ -287,6 +337,25 @@ private struct Cursor {
         // Nor numbers of a thousand digits (numeric caps integer and fraction digits).
         if index - start > 1000 { throw error(field, "number out of range (more than 1000 characters)") }
         return start..<index
+    }
+
+    /// Validates a string without decoding it; returns true when it holds escapes.
+    mutating func skipString(field: String) throws -> Bool {
+        let start = index
+        // Plain ASCII up to the closing quote is the common case.
+        var k = index + 1
+        while k < bytes.count {
+            let b = bytes[k]
+            if b == UInt8(ascii: "\"") {
+                index = k + 1
+                return false
+            }
+            if b == UInt8(ascii: "\\") || b < 0x20 || b >= 0x80 { break }
+            k += 1
+        }
+        index = start
+        _ = try string(decode: false, field: field)
+        return bytes[(start + 1)..<index].contains(UInt8(ascii: "\\"))
     }
 
     /// Validates a string (escapes, UTF-8, no NUL) and decodes it when asked.
@@ -414,5 +483,28 @@ private struct Cursor {
         default:
             throw invalid
         }
+    }
+}
+
+/// Member names to keep, matched on raw bytes: by length, then byte for byte.
+struct WantedKeys {
+    let names: Set<String>
+    private let byLength: [[(bytes: [UInt8], name: String)]]
+
+    init(_ names: Set<String>) {
+        self.names = names
+        var byLength: [[(bytes: [UInt8], name: String)]] = Array(
+            repeating: [], count: (names.map(\.utf8.count).max() ?? 0) + 1)
+        for name in names { byLength[name.utf8.count].append((Array(name.utf8), name)) }
+        self.byLength = byLength
+    }
+
+    /// The wanted name spelled exactly by `key` (a member name without escapes), if any.
+    @inline(__always) func match(_ key: UnsafeBufferPointer<UInt8>) -> String? {
+        guard key.count < byLength.count else { return nil }
+        for candidate in byLength[key.count] where candidate.bytes.withUnsafeBufferPointer({ $0.elementsEqual(key) }) {
+            return candidate.name
+        }
+        return nil
     }
 }

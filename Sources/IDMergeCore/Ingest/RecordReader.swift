@@ -258,6 +258,15 @@ final class RecordReader {
         return isArray ? try nextElement() : try nextLine()
     }
 
+    /// The index of the first newline at or after `from`, with memchr.
+    private func firstNewline(from: Int) -> Int? {
+        guard from < buffer.count else { return nil }
+        return buffer.withUnsafeBufferPointer { bytes in
+            guard let found = memchr(bytes.baseAddress! + from, 0x0A, bytes.count - from) else { return nil }
+            return UnsafeRawPointer(bytes.baseAddress!).distance(to: UnsafeRawPointer(found))
+        }
+    }
+
     private func isWhitespace(_ b: UInt8) -> Bool { b == 0x20 || b == 0x0A || b == 0x0D || b == 0x09 }
 
     private func trimmed(_ range: Range<Int>) -> [UInt8] {
@@ -275,7 +284,7 @@ final class RecordReader {
             var total = 0
             while true {
                 let from = start + searched
-                if let newline = buffer[from..<buffer.count].firstIndex(of: 0x0A) {
+                if let newline = firstNewline(from: from) {
                     lineNumber += 1
                     if let kept {
                         total += newline - start
