@@ -13,12 +13,14 @@ create table idmerge.report_state (
     project_id  integer primary key references idmerge.projects (id),
     as_of_seq   bigint not null,
     built_at    timestamptz not null default now(),
-    people      bigint not null default 0
+    people      bigint not null default 0,
+    newest_ms   bigint
 );
 
 comment on table idmerge.report_state is 'Derived report tables of a project: the ingest sequence they reflect.';
 comment on column idmerge.report_state.as_of_seq is 'The derived tables hold every event with seq <= as_of_seq, identities resolved through every mapping with seq <= as_of_seq.';
 comment on column idmerge.report_state.built_at is 'When the tables were last refreshed.';
+comment on column idmerge.report_state.newest_ms is 'The newest event time (epoch milliseconds) among the events up to as_of_seq.';
 comment on column idmerge.report_state.people is 'People (resolved distinct_ids) in the derived tables.';
 
 -- One row per (ingested distinct_id, resolved distinct_id) pair of the derived events: whom
@@ -42,13 +44,18 @@ create table idmerge.report_person_events (
     first_ms     bigint not null,
     times        bigint[] not null,
     seqs         bigint[] not null,
+    person_events text[] not null,
+    person_keys  bigint[] not null,
     primary key (project_id, event, distinct_id) include (first_ms)
 );
 
 create index report_person_events_person on idmerge.report_person_events (project_id, distinct_id);
+create index report_person_events_first on idmerge.report_person_events (project_id, event, first_ms);
 
 comment on table idmerge.report_person_events is 'Derived: per person (resolved distinct_id) and event name, the events'' times (epoch milliseconds) and ingest seqs, ordered by time then seq.';
 comment on column idmerge.report_person_events.first_ms is 'times[1]: the first such event.';
+comment on column idmerge.report_person_events.person_events is 'The person''s whole timeline, repeated on each of their rows (a funnel then reads one row per person and step, no join): their distinct event names, sorted.';
+comment on column idmerge.report_person_events.person_keys is 'The person''s whole timeline: one key per event, (position of its name in person_events - 1) * 2^42 + epoch milliseconds, sorted; so the times of one name are one sorted run.';
 
 -- One row per person and property key: the person's events carrying that key (a value that
 -- is not JSON null), with the values.

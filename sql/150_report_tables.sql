@@ -27,6 +27,15 @@ language sql immutable parallel safe as $$
     select array['time', '$insert_id', 'distinct_id', '$device_id', '$user_id', 'token']
 $$;
 
+-- A timeline key (report_person_events.person_keys): the event name's position in the
+-- person's sorted names, less one, times 2^42, plus the epoch milliseconds (below 2^42
+-- until the year 2109; imports refuse times more than an hour ahead).
+create or replace function idmerge.report_timeline_key(p_names text[], p_event text, p_ms bigint)
+returns bigint
+language sql immutable parallel safe as $$
+    select (array_position(p_names, p_event) - 1)::bigint * 4398046511104 + p_ms
+$$;
+
 -- The ingested distinct_ids whose events may resolve, or be, otherwise than at as_of_seq.
 create or replace function idmerge.report_changed_ids(p_project_id integer, p_as_of_seq bigint)
 returns table (id text)
@@ -42,6 +51,30 @@ begin
     select e.ingested_distinct_id
     from idmerge.events as e
     where e.project_id = p_project_id and e.seq > p_as_of_seq;
+end
+$$;
+
+-- The newest stored event time of a project, in epoch milliseconds (null: no events). With
+-- derived tables, the newest up to as_of_seq and the newest of the few events after it
+-- (events are never deleted, and a replaced duplicate keeps its time); else a scan.
+create or replace function idmerge.report_newest_ms(p_project_id integer)
+returns bigint
+language plpgsql stable
+set plan_cache_mode = force_custom_plan
+as $$
+declare
+    as_of bigint;
+    newest bigint;
+    since bigint;
+begin
+    select s.as_of_seq, s.newest_ms into as_of, newest from idmerge.report_state as s where s.project_id = p_project_id;
+    if as_of is null then
+        return (select idmerge.report_ms(max(e.time)) from idmerge.events as e where e.project_id = p_project_id);
+    end if;
+    select idmerge.report_ms(max(e.time)) into since
+    from idmerge.events as e
+    where e.project_id = p_project_id and e.seq > as_of;
+    return greatest(newest, since);
 end
 $$;
 
@@ -163,24 +196,47 @@ begin
         from idmerge.resolved_events as r
         where r.project_id = p_project_id;
     else
-        delete from idmerge.report_person_ids where project_id = p_project_id and distinct_id = any(stale);
-        delete from idmerge.report_person_events where project_id = p_project_id and distinct_id = any(stale);
-        delete from idmerge.report_person_props where project_id = p_project_id and distinct_id = any(stale);
+        -- Read the stale people's events first: finding them reads report_person_ids.
         create temp table idmerge_report_events on commit drop as
         select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
                r.properties
         from idmerge.report_people_events(p_project_id, stale) as r;
+        delete from idmerge.report_person_ids where project_id = p_project_id and distinct_id = any(stale);
+        delete from idmerge.report_person_events where project_id = p_project_id and distinct_id = any(stale);
+        delete from idmerge.report_person_props where project_id = p_project_id and distinct_id = any(stale);
     end if;
 
     insert into idmerge.report_person_ids (project_id, ingested_distinct_id, distinct_id)
     select distinct p_project_id, e.ingested_distinct_id, e.distinct_id
     from pg_temp.idmerge_report_events as e;
 
-    insert into idmerge.report_person_events (project_id, event, distinct_id, first_ms, times, seqs)
-    select p_project_id, e.event, e.distinct_id, min(e.ms),
-           array_agg(e.ms order by e.ms, e.seq), array_agg(e.seq order by e.ms, e.seq)
-    from pg_temp.idmerge_report_events as e
-    group by e.event, e.distinct_id;
+    drop table if exists pg_temp.idmerge_report_timelines;
+    create temp table idmerge_report_timelines on commit drop as
+    with names as (
+        select e.distinct_id, array_agg(distinct e.event order by e.event) as person_events
+        from pg_temp.idmerge_report_events as e
+        group by e.distinct_id
+    )
+    select k.distinct_id, k.person_events, array_agg(k.key order by k.key) as person_keys
+    from (
+        select n.distinct_id, n.person_events, idmerge.report_timeline_key(n.person_events, e.event, e.ms) as key
+        from pg_temp.idmerge_report_events as e
+        inner join names as n on n.distinct_id = e.distinct_id
+    ) as k
+    group by k.distinct_id, k.person_events;
+
+    insert into idmerge.report_person_events
+        (project_id, event, distinct_id, first_ms, times, seqs, person_events, person_keys)
+    select p_project_id, g.event, g.distinct_id, g.first_ms, g.times, g.seqs, t.person_events, t.person_keys
+    from (
+        select e.event, e.distinct_id, min(e.ms) as first_ms,
+               array_agg(e.ms order by e.ms, e.seq) as times, array_agg(e.seq order by e.ms, e.seq) as seqs
+        from pg_temp.idmerge_report_events as e
+        group by e.event, e.distinct_id
+    ) as g
+    inner join pg_temp.idmerge_report_timelines as t on t.distinct_id = g.distinct_id
+    order by g.event, g.distinct_id;
+    drop table pg_temp.idmerge_report_timelines;
 
     insert into idmerge.report_person_props (project_id, key, distinct_id, times, seqs, vals)
     select p_project_id, kv.key, e.distinct_id,
@@ -189,15 +245,18 @@ begin
     from pg_temp.idmerge_report_events as e
     cross join lateral jsonb_each(e.properties) as kv
     where kv.key <> all(excluded_keys) and jsonb_typeof(kv.value) <> 'null'
-    group by kv.key, e.distinct_id;
+    group by kv.key, e.distinct_id
+    order by kv.key, e.distinct_id;
 
     select count(distinct e.distinct_id) into people from pg_temp.idmerge_report_events as e;
-    insert into idmerge.report_state as s (project_id, as_of_seq, built_at, people)
+    insert into idmerge.report_state as s (project_id, as_of_seq, built_at, people, newest_ms)
     values (
         p_project_id, snapshot_seq, now(),
-        (select count(distinct i.distinct_id) from idmerge.report_person_ids as i where i.project_id = p_project_id))
+        (select count(distinct i.distinct_id) from idmerge.report_person_ids as i where i.project_id = p_project_id),
+        (select idmerge.report_ms(max(e.time)) from idmerge.events as e where e.project_id = p_project_id))
     on conflict (project_id) do update set
-        as_of_seq = excluded.as_of_seq, built_at = excluded.built_at, people = excluded.people;
+        as_of_seq = excluded.as_of_seq, built_at = excluded.built_at, people = excluded.people,
+        newest_ms = excluded.newest_ms;
     drop table pg_temp.idmerge_report_events;
     return next;
 end
