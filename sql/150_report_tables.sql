@@ -132,17 +132,31 @@ language sql stable as $$
     select coalesce(array_agg(id order by id), '{}') from ids
 $$;
 
--- The live events of p_people (all people when p_people is null). Columns as the live view's.
+-- The live events of p_people (all people when p_people is null), with the live view's
+-- columns that reports read.
+drop function if exists idmerge.report_people_events(integer, text[]);
+
 create or replace function idmerge.report_people_events(p_project_id integer, p_people text[])
-returns setof idmerge.resolved_events
+returns table (
+    distinct_id text,
+    ingested_distinct_id text,
+    event text,
+    "time" timestamptz,
+    ingest_seq bigint,
+    properties jsonb
+)
 language plpgsql stable
 set plan_cache_mode = force_custom_plan
 as $$
+#variable_conflict use_column
 declare
     ids text[];
 begin
     if p_people is null then
-        return query select * from idmerge.resolved_events as r where r.project_id = p_project_id;
+        return query
+        select r.distinct_id, r.ingested_distinct_id, r.event, r.time, r.ingest_seq, r.properties
+        from idmerge.resolved_events as r
+        where r.project_id = p_project_id;
         return;
     end if;
     if cardinality(p_people) = 0 then
@@ -150,7 +164,8 @@ begin
     end if;
     ids := idmerge.report_people_ids(p_project_id, p_people);
     return query
-    select * from idmerge.resolved_events as r
+    select r.distinct_id, r.ingested_distinct_id, r.event, r.time, r.ingest_seq, r.properties
+    from idmerge.resolved_events as r
     where r.project_id = p_project_id
         and r.ingested_distinct_id = any(ids)
         and r.distinct_id = any(p_people);

@@ -153,6 +153,9 @@ begin
     end loop;
 
     if p_people is not null then
+        if cardinality(p_people) = 0 then
+            return;
+        end if;
         people_ids := idmerge.report_people_ids(project_id_value, p_people);
     end if;
 

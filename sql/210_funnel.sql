@@ -8,6 +8,12 @@
 -- segment); times to convert are seconds from the previous step, over attempts that
 -- reached the step (null for step 1).
 --
+-- Routing: counting uniques in specific order with no exclusion, hold or breakdown and
+-- steps of distinct names (the common funnel) reads the derived tables the nightly job keeps
+-- (idmerge.funnel_derived, sql/205) for the people they hold current, and the engine for the
+-- others; every other shape, and a project without derived tables yet, runs the engine over
+-- the live view. Both give the same answer (Tests/IDMergeCoreTests/ReportDerivedTests.swift).
+--
 -- Example, from psql:
 --   select * from idmerge.funnel('default', array['Landing', 'Sign Up', 'Purchase'],
 --                                p_window_seconds => 7 * 86400, p_breakdown => 'utm_source');

@@ -15,6 +15,11 @@
 --     middle, last in percent); with two touches the first and last weights are scaled to
 --     sum 1, with one touch it takes everything; the middle share is split evenly;
 --   * a conversion with no touch is credited to '(not set)' (A3);
+--   * people the derived tables hold current (sql/150_report_tables.sql) are read from
+--     report_person_events (conversions) and report_person_props (value and touchpoint:
+--     one row per person, the lookback window a slice of sorted arrays); the stale ones, and
+--     everyone when the project has no derived tables or a property is an identity field the
+--     tables leave out, from the live view. Same answer either way;
 --   * value = weight * the conversion's p_value property (numbers, or numeric strings; else
 --     0); conversions = the weights summed; share = value / total value (conversions when
 --     no value property is given).
