@@ -102,11 +102,20 @@ begin
         end loop;
         reached := format('q.m1 < coalesce($5::bigint, %s)', block)
             || (select string_agg(format(' and q.m%s <= q.m1 + $6', i), '') from generate_series(2, j) as i);
-        steps_sql := steps_sql || format('
-            union all
-            select %1$s as step, ((q.m%1$s - q.m%2$s) / 1000.0)::double precision as seconds, q.m1 + $6 >= $8 as open
-            from (%3$s) as q
-            where %4$s',
+        -- Step j's count, times to convert and converted open entries, the stale people's
+        -- attempts (the engine) included: one aggregate per step, no sort across steps.
+        steps_sql := steps_sql || case when j = 2 then '' else '
+            union all' end || format('
+            select %1$s as step, count(*) as count,
+                   percentile_cont(0.5) within group (order by x.seconds) as median,
+                   avg(x.seconds) as average, count(*) filter (where x.open) as open
+            from (
+                select ((q.m%1$s - q.m%2$s) / 1000.0)::double precision as seconds, q.m1 + $6 >= $8 as open
+                from (%3$s) as q
+                where %4$s
+                union all
+                select e.step_seconds[%1$s], false from engine as e where e.reached >= %1$s
+            ) as x',
             j, j - 1, chain, reached);
     end loop;
 
@@ -117,15 +126,7 @@ begin
                 $9, $2, $10, $11, $12, ''uniques'', ''specific'', ''[]'', null, null, ''step1'', $13, $3) as a
             where a.counts_overall
         ),
-        gaps as (
-            select k as step, e.step_seconds[k] as seconds, false as open
-            from engine as e cross join generate_series(2, e.reached) as k%1$s
-        ),
-        per_step as (
-            select g.step, count(*) as count, percentile_cont(0.5) within group (order by g.seconds) as median,
-                   avg(g.seconds) as average, count(*) filter (where g.open) as open
-            from gaps as g
-            group by g.step
+        per_step as (%1$s
         ),
         entered as (
             select (%2$s) + (select count(*) from engine) as count,
@@ -138,7 +139,12 @@ begin
         cross join entered
         left join per_step on per_step.step = k
         order by k',
-        steps_sql, entries, case when steps_count = 1 then '0' else open_entries end, steps_count);
+        case when steps_count = 1
+            then 'select 1 as step, 0::bigint as count, null::double precision as median,
+                         null::double precision as average, 0::bigint as open where false'
+            else steps_sql
+        end,
+        entries, case when steps_count = 1 then '0' else open_entries end, steps_count);
 
     return query execute sql
         using p_project_id, p_steps, coalesce(p_skip, '{}'), from_ms, to_ms, window_ms, grace_ms, newest_ms,

@@ -157,7 +157,7 @@ begin
     ),
     -- Derived part: everyone else, from report_person_events (the conversions) and
     -- report_person_props (the value and touchpoint properties), one row per person each.
-    derived_people as (
+    derived_people as not materialized (
         select
             pe.distinct_id,
             unnest(pe.times) as ms,
@@ -177,12 +177,12 @@ begin
             and pe.event = p_conversion
             and pe.distinct_id <> all(stale)
     ),
-    derived_in_range as (
+    derived_in_range as not materialized (
         select d.*
         from derived_people as d
         where (from_ms is null or d.ms >= from_ms) and (to_ms is null or d.ms < to_ms)
     ),
-    derived_conversions as (
+    derived_conversions as not materialized (
         select d.*
         from derived_in_range as d
         where p_per_user is null
@@ -204,7 +204,7 @@ begin
     -- A person's touches in the lookback are one slice of the property's arrays (sorted by
     -- time, then seq): from the first time >= conversion - lookback (lo) to the last
     -- (time, seq) <= the conversion's (hi). width_bucket counts the elements <= a bound.
-    derived_bounds as (
+    derived_bounds as not materialized (
         select
             c.ms,
             c.seq,
@@ -231,18 +231,30 @@ begin
                 else b.hi0
             end as hi
         from derived_bounds as b
+        where p_model not in ('first-touch', 'last-touch')
     ),
-    -- First and last touch credit one element of the slice; the other models weigh each touch.
+    -- First and last touch credit one element of the slice, read straight from the bounds
+    -- (no materialized copy of the arrays); the other models weigh each touch.
     derived_single as (
         select
-            s.amount,
-            case when s.hi >= s.lo
-                then s.vals[case when p_model = 'first-touch' then s.lo else s.hi end] #>> '{}'
+            b.amount,
+            case when b.hi >= b.lo
+                then b.vals[case when p_model = 'first-touch' then b.lo else b.hi end] #>> '{}'
                 else '(not set)'
             end as touch_value,
             1.0::double precision as weight
-        from derived_slices as s
-        where p_model in ('first-touch', 'last-touch')
+        from (
+            select
+                b.*,
+                case
+                    when b.hi0 >= b.lo and b.times[b.hi0] = b.ms then b.hi0 - (
+                        select count(*) from unnest(b.times[b.lo:b.hi0], b.seqs[b.lo:b.hi0]) as u (ms, seq)
+                        where u.ms = b.ms and u.seq > b.seq)
+                    else b.hi0
+                end as hi
+            from derived_bounds as b
+            where p_model in ('first-touch', 'last-touch')
+        ) as b
     ),
     derived_direct as (
         select s.amount, '(not set)'::text as touch_value, 1.0::double precision as weight
