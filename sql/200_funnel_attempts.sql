@@ -27,8 +27,14 @@
 --   * in progress: not converted, and the window is still open at the project's newest
 --     stored event.
 --
+-- p_people, when given, limits the funnel to those people (resolved distinct_ids): the
+-- stale people of the derived tables, whom idmerge.funnel reads here while it reads everyone
+-- else from the derived tables.
+--
 -- Parameters: exclusions is a jsonb array of {"event": name, "from": k, "to": m} (1-based
 -- steps; from 1 to the last step when absent). Durations in seconds.
+
+drop function if exists idmerge.funnel_attempts(text, text[], double precision, date, date, text, text, jsonb, text, text, text, double precision);
 
 create or replace function idmerge.funnel_attempts(
     p_project text,
@@ -42,7 +48,8 @@ create or replace function idmerge.funnel_attempts(
     p_hold text default null,
     p_breakdown text default null,
     p_breakdown_attribution text default 'step1',
-    p_grace_seconds double precision default 2
+    p_grace_seconds double precision default 2,
+    p_people text[] default null
 )
 returns table (
     distinct_id text,
@@ -54,8 +61,12 @@ returns table (
     in_progress boolean,
     step_seconds double precision[]
 )
-language plpgsql stable as $$
+language plpgsql stable
+set plan_cache_mode = force_custom_plan
+set jit = off
+as $$
 declare
+    people_ids text[];
     n integer := cardinality(p_steps);
     project_id_value integer;
     newest_epoch double precision;
@@ -118,7 +129,7 @@ begin
     if project_id_value is null then
         raise exception 'no project named %', p_project using errcode = 'invalid_parameter_value';
     end if;
-    select extract(epoch from max(ev.time)) into newest_epoch from idmerge.events as ev where ev.project_id = project_id_value;
+    newest_epoch := idmerge.report_newest_ms(project_id_value) / 1000.0;
     from_epoch := extract(epoch from p_from_date::timestamp at time zone 'UTC');
     to_epoch := extract(epoch from (p_to_date + 1)::timestamp at time zone 'UTC');
 
@@ -141,6 +152,13 @@ begin
         excl_to := excl_to || coalesce((p_exclusions -> x ->> 'to')::integer, n);
     end loop;
 
+    if p_people is not null then
+        if cardinality(p_people) = 0 then
+            return;
+        end if;
+        people_ids := idmerge.report_people_ids(project_id_value, p_people);
+    end if;
+
     for person in
         select
             r.distinct_id as person_id,
@@ -151,6 +169,7 @@ begin
             array_agg(r.properties ->> p_breakdown order by r.time, r.ingest_seq) as segments
         from idmerge.resolved_events as r
         where r.project_id = project_id_value
+            and (p_people is null or (r.ingested_distinct_id = any(people_ids) and r.distinct_id = any(p_people)))
             and r.event = any(names)
             and (p_from_date is null or r.time >= to_timestamp(from_epoch - p_grace_seconds))
             and (p_to_date is null or r.time <= to_timestamp(to_epoch + p_window_seconds + p_grace_seconds))
@@ -337,5 +356,5 @@ begin
 end
 $$;
 
-comment on function idmerge.funnel_attempts(text, text[], double precision, date, date, text, text, jsonb, text, text, text, double precision) is
+comment on function idmerge.funnel_attempts(text, text[], double precision, date, date, text, text, jsonb, text, text, text, double precision, text[]) is
     'Funnel engine: one row per counted attempt (person, attempt number, breakdown segment, steps reached, in progress, seconds between steps). See idmerge.funnel for the report.';

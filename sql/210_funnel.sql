@@ -8,6 +8,12 @@
 -- segment); times to convert are seconds from the previous step, over attempts that
 -- reached the step (null for step 1).
 --
+-- Routing: counting uniques in specific order with no exclusion, hold or breakdown and
+-- steps of distinct names (the common funnel) reads the derived tables the nightly job keeps
+-- (idmerge.funnel_derived, sql/205) for the people they hold current, and the engine for the
+-- others; every other shape, and a project without derived tables yet, runs the engine over
+-- the live view. Both give the same answer (Tests/IDMergeCoreTests/ReportDerivedTests.swift).
+--
 -- Example, from psql:
 --   select * from idmerge.funnel('default', array['Landing', 'Sign Up', 'Purchase'],
 --                                p_window_seconds => 7 * 86400, p_breakdown => 'utm_source');
@@ -36,7 +42,36 @@ returns table (
     median_seconds_to_convert double precision,
     average_seconds_to_convert double precision
 )
-language sql stable as $$
+language plpgsql stable
+set plan_cache_mode = force_custom_plan
+set jit = off
+as $$
+#variable_conflict use_column
+declare
+    project_id_value integer;
+    stale text[];
+begin
+    select id into project_id_value from idmerge.projects where name = p_project;
+    -- The common shape reads the derived tables (sql/205_funnel_derived.sql) for the people
+    -- they hold current and the engine for the stale ones; any other shape, or a project
+    -- without derived tables, runs the engine over everyone.
+    if project_id_value is not null
+        and p_counting = 'uniques' and p_order = 'specific'
+        and coalesce(jsonb_array_length(p_exclusions), 0) = 0
+        and p_hold is null and p_breakdown is null
+        and cardinality(p_steps) >= 1
+        and cardinality(p_steps) = (select count(distinct s) from unnest(p_steps) as s)
+        and p_window_seconds > 0 and p_window_seconds <= 366 * 86400
+        and p_breakdown_attribution is not null
+        and (p_breakdown_attribution in ('step1', 'first-defined', 'last-defined')
+             or (p_breakdown_attribution ~ '^step[0-9]+$'
+                 and substr(p_breakdown_attribution, 5)::integer <= cardinality(p_steps)))
+    then
+        stale := idmerge.report_stale_people(project_id_value);
+    end if;
+
+    if stale is null then
+        return query
     with attempts as (
         select *
         from idmerge.funnel_attempts(
@@ -88,7 +123,24 @@ language sql stable as $$
         from per_step
     )
     select * from final
-    order by segment nulls first, step
+    order by segment nulls first, step;
+        return;
+    end if;
+
+    return query
+    select
+        null::text,
+        d.step,
+        d.event,
+        d.count,
+        coalesce(d.count::double precision / nullif(first_value(d.count) over (order by d.step), 0), 0),
+        d.in_progress,
+        d.median_seconds_to_convert,
+        d.average_seconds_to_convert
+    from idmerge.funnel_derived(
+        project_id_value, p_steps, p_window_seconds, p_from_date, p_to_date, p_grace_seconds, stale) as d
+    order by d.step;
+end
 $$;
 
 comment on function idmerge.funnel(text, text[], double precision, date, date, text, text, jsonb, text, text, text, double precision) is

@@ -15,12 +15,31 @@
 --     middle, last in percent); with two touches the first and last weights are scaled to
 --     sum 1, with one touch it takes everything; the middle share is split evenly;
 --   * a conversion with no touch is credited to '(not set)' (A3);
+--   * people the derived tables hold current (sql/150_report_tables.sql) are read from
+--     report_person_events (conversions) and report_person_props (value and touchpoint:
+--     one row per person, the lookback window a slice of sorted arrays); the stale ones, and
+--     everyone when the project has no derived tables or a property is an identity field the
+--     tables leave out, from the live view. Same answer either way;
 --   * value = weight * the conversion's p_value property (numbers, or numeric strings; else
 --     0); conversions = the weights summed; share = value / total value (conversions when
 --     no value property is given).
 --
 -- Example: select * from idmerge.attribution('default', 'Purchase', 'utm_source',
 --              p_value => 'revenue', p_model => 'first-touch');
+
+-- The credited amount of a conversion's value property: numbers, or numeric strings, up to
+-- 1e100 in magnitude (so sums stay finite); anything else (and no value property) counts 0.
+create or replace function idmerge.attribution_amount(v jsonb)
+returns double precision
+language sql immutable parallel safe as $$
+    select case
+        when v is null then 0
+        when jsonb_typeof(v) = 'number' and abs(v::numeric) <= 1e100 then v::double precision
+        when (v #>> '{}') ~ '^\s*-?[0-9]{1,40}(\.[0-9]{1,40})?([eE][-+]?[0-9]{1,2})?\s*$'
+            then (v #>> '{}')::double precision
+        else 0
+    end
+$$;
 
 create or replace function idmerge.attribution(
     p_project text,
@@ -35,12 +54,18 @@ create or replace function idmerge.attribution(
     p_weights double precision[] default null
 )
 returns table (touchpoint text, conversions double precision, value double precision, share double precision)
-language plpgsql stable as $$
+language plpgsql stable
+set plan_cache_mode = force_custom_plan
+set jit = off
+as $$
 declare
     project_id_value integer;
     w_first double precision;
     w_middle double precision;
     w_last double precision;
+    stale text[];
+    from_ms bigint;
+    to_ms bigint;
 begin
     select id into project_id_value from idmerge.projects where name = p_project;
     if project_id_value is null then
@@ -70,28 +95,33 @@ begin
         else null;
     end case;
 
+    -- People whose derived rows are current are read from idmerge.report_person_events and
+    -- report_person_props (sql/150_report_tables.sql); the stale ones, or everyone when the
+    -- project has no derived tables or a property is not derived, from the live view.
+    stale := idmerge.report_stale_people(project_id_value);
+    if p_touchpoint = any(idmerge.report_excluded_keys()) or p_value = any(idmerge.report_excluded_keys()) then
+        stale := null;
+    end if;
+    from_ms := idmerge.report_ms(p_from_date::timestamp at time zone 'UTC');
+    to_ms := idmerge.report_ms((p_to_date + 1)::timestamp at time zone 'UTC');
+
     return query
     with events as (
         select r.distinct_id, r.event, r.time, r.ingest_seq, r.properties
         from idmerge.resolved_events as r
-        where r.project_id = project_id_value
+        where stale is null and r.project_id = project_id_value
+        union all
+        select r.distinct_id, r.event, r.time, r.ingest_seq, r.properties
+        from idmerge.report_people_events(project_id_value, stale) as r
+        where stale is not null
     ),
-    all_conversions as (
+    -- Live part: the stale people (everyone without derived tables), from the live view.
+    live_all_conversions as (
         select
             e.distinct_id,
-            e.time,
-            e.ingest_seq,
-            -- Numbers, or numeric strings, up to 1e100 in magnitude (so sums stay finite);
-            -- anything else counts 0.
-            case
-                when p_value is null then 0
-                when jsonb_typeof(e.properties -> p_value) = 'number'
-                    and abs((e.properties ->> p_value)::numeric) <= 1e100
-                    then (e.properties ->> p_value)::double precision
-                when (e.properties ->> p_value) ~ '^\s*-?[0-9]{1,40}(\.[0-9]{1,40})?([eE][-+]?[0-9]{1,2})?\s*$'
-                    then (e.properties ->> p_value)::double precision
-                else 0
-            end as amount,
+            idmerge.report_ms(e.time) as ms,
+            e.ingest_seq as seq,
+            idmerge.attribution_amount(e.properties -> p_value) as amount,
             row_number() over (partition by e.distinct_id order by e.time, e.ingest_seq) as nth_first,
             row_number() over (partition by e.distinct_id order by e.time desc, e.ingest_seq desc) as nth_last
         from events as e
@@ -99,30 +129,159 @@ begin
             and (p_from_date is null or e.time >= p_from_date::timestamp at time zone 'UTC')
             and (p_to_date is null or e.time < (p_to_date + 1)::timestamp at time zone 'UTC')
     ),
-    conversions as (
+    live_conversions as (
         select row_number() over () as conversion_id, c.*
-        from all_conversions as c
+        from live_all_conversions as c
         where p_per_user is null
             or (p_per_user = 'first' and c.nth_first = 1)
             or (p_per_user = 'last' and c.nth_last = 1)
     ),
-    touches as (
+    live_touches as (
         select
             c.conversion_id,
             c.amount,
             t.properties ->> p_touchpoint as touch_value,
-            extract(epoch from c.time - t.time) as age_seconds,
-            row_number() over (partition by c.conversion_id order by t.time, t.ingest_seq) as position,
-            count(*) over (partition by c.conversion_id) as touch_count,
-            row_number() over (
-                partition by c.conversion_id, t.properties ->> p_touchpoint order by t.time, t.ingest_seq
-            ) as nth_of_value
-        from conversions as c
+            (c.ms - idmerge.report_ms(t.time))::numeric / 1000 as age_seconds,
+            row_number() over (partition by c.conversion_id order by t.time, t.ingest_seq) as position
+        from live_conversions as c
         inner join events as t
             on t.distinct_id = c.distinct_id
-            and t.time >= c.time - make_interval(secs => p_lookback_seconds)
-            and (t.time < c.time or (t.time = c.time and t.ingest_seq <= c.ingest_seq))
+            and idmerge.report_ms(t.time) >= ceil(c.ms - p_lookback_seconds * 1000)
+            and (idmerge.report_ms(t.time) < c.ms or (idmerge.report_ms(t.time) = c.ms and t.ingest_seq <= c.seq))
             and t.properties ->> p_touchpoint is not null
+    ),
+    live_direct as (
+        select c.amount, '(not set)'::text as touch_value, 1.0::double precision as weight
+        from live_conversions as c
+        where not exists (select 1 from live_touches as t where t.conversion_id = c.conversion_id)
+    ),
+    -- Derived part: everyone else, from report_person_events (the conversions) and
+    -- report_person_props (the value and touchpoint properties), one row per person each.
+    derived_people as not materialized (
+        select
+            pe.distinct_id,
+            unnest(pe.times) as ms,
+            unnest(pe.seqs) as seq,
+            vp.seqs as value_seqs,
+            vp.vals as value_vals,
+            tp.times as touch_times,
+            tp.seqs as touch_seqs,
+            tp.vals as touch_vals
+        from idmerge.report_person_events as pe
+        left join idmerge.report_person_props as vp
+            on vp.project_id = project_id_value and vp.key = p_value and vp.distinct_id = pe.distinct_id
+        left join idmerge.report_person_props as tp
+            on tp.project_id = project_id_value and tp.key = p_touchpoint and tp.distinct_id = pe.distinct_id
+        where stale is not null
+            and pe.project_id = project_id_value
+            and pe.event = p_conversion
+            and pe.distinct_id <> all(stale)
+    ),
+    derived_in_range as not materialized (
+        select d.*
+        from derived_people as d
+        where (from_ms is null or d.ms >= from_ms) and (to_ms is null or d.ms < to_ms)
+    ),
+    derived_conversions as not materialized (
+        select d.*
+        from derived_in_range as d
+        where p_per_user is null
+        union all
+        select d.distinct_id, d.ms, d.seq, d.value_seqs, d.value_vals, d.touch_times, d.touch_seqs, d.touch_vals
+        from (
+            select
+                d.*,
+                row_number() over (
+                    partition by d.distinct_id
+                    order by case when p_per_user = 'first' then d.ms else -d.ms end,
+                             case when p_per_user = 'first' then d.seq else -d.seq end
+                ) as nth
+            from derived_in_range as d
+            where p_per_user is not null
+        ) as d
+        where d.nth = 1
+    ),
+    -- A person's touches in the lookback are one slice of the property's arrays (sorted by
+    -- time, then seq): from the first time >= conversion - lookback (lo) to the last
+    -- (time, seq) <= the conversion's (hi). width_bucket counts the elements <= a bound.
+    derived_bounds as not materialized (
+        select
+            c.ms,
+            c.seq,
+            idmerge.attribution_amount(c.value_vals[array_position(c.value_seqs, c.seq)]) as amount,
+            c.touch_times as times,
+            c.touch_seqs as seqs,
+            c.touch_vals as vals,
+            width_bucket(ceil(c.ms - p_lookback_seconds * 1000)::bigint - 1, c.touch_times) + 1 as lo,
+            width_bucket(c.ms, c.touch_times) as hi0
+        from derived_conversions as c
+    ),
+    derived_slices as (
+        select
+            -row_number() over () as conversion_id,
+            b.amount,
+            b.ms,
+            b.times,
+            b.vals,
+            b.lo,
+            case
+                when b.hi0 >= b.lo and b.times[b.hi0] = b.ms then b.hi0 - (
+                    select count(*) from unnest(b.times[b.lo:b.hi0], b.seqs[b.lo:b.hi0]) as u (ms, seq)
+                    where u.ms = b.ms and u.seq > b.seq)
+                else b.hi0
+            end as hi
+        from derived_bounds as b
+        where p_model not in ('first-touch', 'last-touch')
+    ),
+    -- First and last touch credit one element of the slice, read straight from the bounds
+    -- (no materialized copy of the arrays); the other models weigh each touch.
+    derived_single as (
+        select
+            b.amount,
+            case when b.hi >= b.lo
+                then b.vals[case when p_model = 'first-touch' then b.lo else b.hi end] #>> '{}'
+                else '(not set)'
+            end as touch_value,
+            1.0::double precision as weight
+        from (
+            select
+                b.*,
+                case
+                    when b.hi0 >= b.lo and b.times[b.hi0] = b.ms then b.hi0 - (
+                        select count(*) from unnest(b.times[b.lo:b.hi0], b.seqs[b.lo:b.hi0]) as u (ms, seq)
+                        where u.ms = b.ms and u.seq > b.seq)
+                    else b.hi0
+                end as hi
+            from derived_bounds as b
+            where p_model in ('first-touch', 'last-touch')
+        ) as b
+    ),
+    derived_direct as (
+        select s.amount, '(not set)'::text as touch_value, 1.0::double precision as weight
+        from derived_slices as s
+        where p_model not in ('first-touch', 'last-touch') and not coalesce(s.hi >= s.lo, false)
+    ),
+    derived_touches as (
+        select
+            s.conversion_id,
+            s.amount,
+            u.val #>> '{}' as touch_value,
+            (s.ms - u.ms)::numeric / 1000 as age_seconds,
+            u.position
+        from derived_slices as s
+        cross join lateral unnest(s.times[s.lo:s.hi], s.vals[s.lo:s.hi]) with ordinality as u (ms, val, position)
+        where s.hi >= s.lo and p_model not in ('first-touch', 'last-touch')
+    ),
+    touches as (
+        select
+            t.conversion_id,
+            t.amount,
+            t.touch_value,
+            t.age_seconds,
+            t.position,
+            count(*) over (partition by t.conversion_id) as touch_count,
+            row_number() over (partition by t.conversion_id, t.touch_value order by t.position) as nth_of_value
+        from (select * from live_touches union all select * from derived_touches) as t
     ),
     weighted as (
         select
@@ -150,15 +309,14 @@ begin
             end as weight
         from touches
     ),
-    direct as (
-        select c.conversion_id, c.amount, '(not set)'::text as touch_value, 1.0::double precision as weight
-        from conversions as c
-        where not exists (select 1 from touches as t where t.conversion_id = c.conversion_id)
-    ),
     credited as (
         select touch_value, weight, weight * amount as credited_value from weighted
         union all
-        select touch_value, weight, weight * amount from direct
+        select touch_value, weight, weight * amount from live_direct
+        union all
+        select touch_value, weight, weight * amount from derived_direct
+        union all
+        select touch_value, weight, weight * amount from derived_single
     ),
     per_touchpoint as (
         select touch_value, sum(weight) as conversions, sum(credited_value) as value

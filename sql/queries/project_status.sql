@@ -2,7 +2,8 @@
 -- identity_as_of (end of the last successful run), pending_links and the events they touch.
 -- $1: project id.
 with newest as (
-    select max(time) as newest_event_at from idmerge.events where project_id = $1
+    -- Exact, without reading every event once the derived tables exist (sql/150_report_tables.sql).
+    select to_timestamp(idmerge.report_newest_ms($1) / 1000.0) as newest_event_at
 ),
 last_run as (
     select started_at, finished_at, outcome, links_applied, rows_rewritten

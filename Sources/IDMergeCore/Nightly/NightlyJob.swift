@@ -2,7 +2,8 @@ import Foundation
 import Logging
 import PGClient
 
-/// The nightly batch job: writes the identity map into `idmerge.events.distinct_id`.
+/// The nightly batch job: writes the identity map into `idmerge.events.distinct_id`, then
+/// refreshes the derived report tables (``refreshReportTables()``).
 ///
 /// It works in committed chunks of mappings (``chunkSize``), oldest first, through
 /// `idmerge.nightly_rewrite_chunk`, so a crash (even `kill -9`) loses at most the chunk in
@@ -30,6 +31,28 @@ public struct NightlyJob {
         public var runId: Int64
         public var linksApplied: Int
         public var rowsRewritten: Int
+        /// People whose rows of the derived report tables this run rewrote.
+        public var reportPeopleRefreshed: Int
+    }
+
+    /// Brings the derived report tables (migrations/0005_report_tables.sql) up to the live
+    /// view through `idmerge.refresh_report_tables`: the people changed since the last
+    /// refresh, or everyone the first time. One REPEATABLE READ transaction, so the tables and
+    /// the ingest seq they record come from one snapshot; imports go on meanwhile, and what
+    /// they add stays visible to reports through the live view. Then a vacuum, so reports can
+    /// read the tables' indexes alone, with fresh statistics.
+    ///
+    /// - Returns: the people rewritten.
+    /// - Throws: ``PostgresError``.
+    func refreshReportTables() throws -> Int {
+        let people = try connection.transaction { connection -> Int in
+            try connection.execute("set transaction isolation level repeatable read")
+            return try connection.query("select people from idmerge.refresh_report_tables($1)", [project.id])
+                .first!.decode("people")
+        }
+        try connection.execute(
+            "vacuum (analyze) idmerge.report_person_events, idmerge.report_person_props, idmerge.report_person_ids")
+        return people
     }
 
     /// Another run holds the project's nightly lock.
@@ -70,6 +93,7 @@ public struct NightlyJob {
             ).first!.decode("s")
             var links = 0
             var rows = 0
+            var reportPeople = 0
             do {
                 while true {
                     let step = try connection.transaction { connection -> (Int, Int) in
@@ -95,6 +119,7 @@ public struct NightlyJob {
                     progress?(links, rows)
                     if step.0 < chunkSize { break }
                 }
+                reportPeople = try refreshReportTables()
                 try connection.query(
                     "update idmerge.job_runs set outcome = 'succeeded', finished_at = clock_timestamp() where id = $1",
                     [runId])
@@ -104,7 +129,7 @@ public struct NightlyJob {
                     [runId, String(describing: error)])
                 throw error
             }
-            return Result(runId: runId, linksApplied: links, rowsRewritten: rows)
+            return Result(runId: runId, linksApplied: links, rowsRewritten: rows, reportPeopleRefreshed: reportPeople)
         }
         guard let result else { throw LockBusy(project: project.name) }
         return result

@@ -35,7 +35,7 @@ struct Nightly: ParsableCommand {
             do {
                 let result = try job.run(wait: !noWait)
                 print(
-                    "nightly run \(result.runId): \(result.linksApplied) links applied, \(result.rowsRewritten) rows rewritten in \(String(format: "%.2f", Date().timeIntervalSince(start))) s"
+                    "nightly run \(result.runId): \(result.linksApplied) links applied, \(result.rowsRewritten) rows rewritten, \(result.reportPeopleRefreshed) people refreshed in the report tables in \(String(format: "%.2f", Date().timeIntervalSince(start))) s"
                 )
             } catch let busy as NightlyJob.LockBusy {
                 printError("idmerge: \(busy)")

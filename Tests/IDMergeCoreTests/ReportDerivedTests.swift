@@ -1,0 +1,237 @@
+import Foundation
+import IDMergeCore
+import IDMergeTestSupport
+import PGClient
+import Testing
+
+/// The random stream's first `count` arrivals: what the database holds after importing them.
+func prefix(_ stream: RandomStream, _ count: Int) -> RandomStream {
+    var copy = stream
+    copy.events = Array(stream.events.prefix(count))
+    return copy
+}
+
+/// The funnel's rows as text, for comparing two routes of the same question.
+func funnelRows(_ db: Connection, _ arguments: String, project: String) throws -> [String] {
+    try db.query(
+        """
+        select concat_ws('|', segment, step, event, count, round(conversion_rate::numeric, 12), in_progress,
+                         round(median_seconds_to_convert::numeric, 6), round(average_seconds_to_convert::numeric, 6)) as row
+        from idmerge.funnel($1, \(arguments))
+        """, [project]
+    ).rows.map { $0["row"] ?? "" }
+}
+
+/// The derived report tables (sql/150_report_tables.sql) against the live view: reports read
+/// them for the people they hold current and the live view for the others, whatever the
+/// interleaving of imports (new events, new links to devices seen before) and nightly runs.
+@Suite(.enabled(if: TestDatabase.isConfigured, "needs PostgreSQL: run through scripts/test (pg_virtualenv)"))
+struct ReportDerivedTests {
+    /// Random streams imported in three parts cut anywhere (a person's anonymous events in one
+    /// part, their login in the next: links to devices the derived tables hold under the
+    /// device), with nightly runs in between: the fast funnel and attribution equal brute
+    /// force, and the funnel equals the engine over the live view, at every step.
+    @Test func derivedReportsMatchBruteForceAcrossImportsAndNightlyRuns() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            var sawStalePeople = false
+            var sawDerivedTables = false
+            for seed in UInt64(31)...36 {
+                let stream = RandomStream(seed: seed, people: 40, names: ["A", "B", "C", "X"])
+                let project = try Projects.create(name: "d\(seed)", mode: .simplified, on: db).project
+                let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+                var rng = TestRNG(seed: seed)
+                let total = stream.events.count
+                let first = total / 4 + rng.below(total / 4)
+                let second = first + 1 + rng.below(total - first - 1)
+                var imported = 0
+                for (part, end) in [first, second, total].enumerated() {
+                    let objects = Array(stream.objects()[imported..<end])
+                    _ = try importer.importBytes(try ndjson(objects), name: "part \(part)")
+                    imported = end
+                    let current = prefix(stream, imported)
+                    for phase in ["after import \(part)", "after nightly \(part)"] {
+                        if phase.hasPrefix("after nightly") {
+                            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+                        }
+                        let context = "seed \(seed) \(phase)"
+                        let stale: Int? = try db.query(
+                            "select cardinality(idmerge.report_stale_people($1)) as n", [project.id]
+                        ).first!.decode("n")
+                        if let stale {
+                            sawDerivedTables = true
+                            if stale > 0 { sawStalePeople = true }
+                        }
+                        try checkFunnel(current, project: project, on: db, context: context)
+                        try checkAttribution(current, project: project, on: db, context: context)
+                    }
+                }
+            }
+            #expect(sawDerivedTables, "the nightly job built the derived tables")
+            #expect(sawStalePeople, "some checks ran with people the derived tables hold stale")
+        }
+    }
+
+    func checkFunnel(_ stream: RandomStream, project: Project, on db: Connection, context: String) throws {
+        var query = FunnelQuery(steps: ["A", "B", "C"])
+        query.windowSeconds = 3600
+        let expected = bruteForceFunnel(stream, steps: query.steps, window: 3600, grace: 2, breakdown: false)
+        let report = try FunnelReport.run(query, project: project, on: db)
+        #expect(report.steps.map(\.count) == expected.overall, "\(context): funnel counts")
+
+        // The same questions through the engine: an exclusion of an event that never occurs
+        // changes no answer but routes the funnel to the engine over the live view.
+        let shapes = [
+            "array['A', 'B', 'C'], p_window_seconds => 3600",
+            "array['B', 'A'], p_window_seconds => 600, p_grace_seconds => 0",
+            "array['C', 'A', 'X', 'B'], p_window_seconds => 7200, p_grace_seconds => 30",
+            "array['A', 'C'], p_window_seconds => 1800, p_from_date => '2026-01-01', p_to_date => '2026-01-01'",
+            "array['X'], p_window_seconds => 60",
+        ]
+        for shape in shapes {
+            let fast = try funnelRows(db, shape, project: project.name)
+            let engine = try funnelRows(
+                db, shape + ", p_exclusions => '[{\"event\": \"never happens\"}]'", project: project.name)
+            #expect(fast == engine, "\(context): \(shape)")
+        }
+    }
+
+    func checkAttribution(_ stream: RandomStream, project: Project, on db: Connection, context: String) throws {
+        for model in AttributionQuery.Model.allCases {
+            var query = AttributionQuery(conversion: "C", touchpoint: "src")
+            query.valueProperty = "revenue"
+            query.model = model
+            query.lookbackSeconds = 1800
+            if model == .custom { query.weights = [50, 30, 20] }
+            let report = try AttributionReport.run(query, project: project, on: db)
+            let expected = bruteForceAttribution(stream, model: model, lookback: 1800)
+            let actual = Dictionary(uniqueKeysWithValues: report.rows.map { ($0.touchpoint, $0) })
+            for (key, (conversions, value)) in expected where conversions > 1e-12 {
+                #expect(
+                    abs((actual[key]?.conversions ?? 0) - conversions) < 1e-6, "\(context) \(model) \(key) conversions")
+                #expect(abs((actual[key]?.value ?? 0) - value) < 1e-6, "\(context) \(model) \(key) value")
+            }
+            for (key, row) in actual where (expected[key]?.0 ?? 0) < 1e-12 {
+                #expect(row.conversions < 1e-9, "\(context) \(model) unexpected \(key)")
+            }
+        }
+    }
+
+    /// A device's touch and funnel steps, stored and derived under `$device:D`; then a login
+    /// links D to U, who converts. Before the next nightly run the derived tables still hold D
+    /// apart, and the reports must correct it as the live view does (decisions.md, Funnels and
+    /// Attribution: A12, no lag).
+    @Test func pendingLinkIsCorrectedBeforeTheNextNightlyRun() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            let base = 1_767_225_600
+            _ = try importer.importBytes(
+                try ndjson([
+                    [
+                        "event": "Landing",
+                        "properties": ["time": base, "$insert_id": "1", "$device_id": "D", "src": "ad"],
+                    ],
+                    ["event": "Sign Up", "properties": ["time": base + 60, "$insert_id": "2", "$device_id": "D"]],
+                    ["event": "Landing", "properties": ["time": base + 10, "$insert_id": "3", "$device_id": "E"]],
+                ]), name: "anonymous")
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            let derivedPeople: Int = try db.query(
+                "select count(distinct distinct_id) as n from idmerge.report_person_events where project_id = $1",
+                [project.id]
+            ).first!.decode("n")
+            #expect(derivedPeople == 2)
+
+            _ = try importer.importBytes(
+                try ndjson([
+                    [
+                        "event": "Login",
+                        "properties": ["time": base + 120, "$insert_id": "4", "$device_id": "D", "$user_id": "U"],
+                    ],
+                    [
+                        "event": "Purchase",
+                        "properties": ["time": base + 180, "$insert_id": "5", "$user_id": "U", "revenue": 30],
+                    ],
+                ]), name: "login")
+            let pending: Int = try db.query(
+                "select count(*) as n from idmerge.identity_map where project_id = $1 and not rewritten", [project.id]
+            ).first!.decode("n")
+            #expect(pending == 1, "the link waits for the nightly job")
+
+            for phase in ["before nightly", "after nightly"] {
+                if phase == "after nightly" {
+                    _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+                }
+                let funnel = try FunnelReport.run(
+                    FunnelQuery(steps: ["Landing", "Sign Up", "Purchase"]), project: project, on: db)
+                #expect(funnel.steps.map(\.count) == [2, 1, 1], "\(phase)")
+                #expect(funnel.steps[2].medianSecondsToConvert == 120, "\(phase)")
+                var query = AttributionQuery(conversion: "Purchase", touchpoint: "src")
+                query.valueProperty = "revenue"
+                query.model = .firstTouch
+                let attribution = try AttributionReport.run(query, project: project, on: db)
+                #expect(attribution.rows.map(\.touchpoint) == ["ad"], "\(phase)")
+                #expect(attribution.rows.first?.value == 30, "\(phase)")
+            }
+            let stale: Int = try db.query(
+                "select cardinality(idmerge.report_stale_people($1)) as n", [project.id]
+            ).first!.decode("n")
+            #expect(stale == 0, "the nightly run brought the derived tables up to date")
+        }
+    }
+
+    /// An incremental refresh (stale people only) leaves the derived tables exactly as a full
+    /// rebuild from the live view would, after new links and a replaced duplicate.
+    @Test func incrementalRefreshEqualsFullRebuild() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let stream = RandomStream(seed: 77, people: 60, names: ["A", "B", "C"])
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            let objects = stream.objects()
+            let cut = objects.count / 2
+            _ = try importer.importBytes(try ndjson(Array(objects[..<cut])), name: "first half")
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            // The rest, and one event of the first half again with other properties (a
+            // replaced duplicate: the latest copy wins).
+            var again = objects[0] as! [String: Any]
+            var properties = again["properties"] as! [String: Any]
+            properties["src"] = "replaced"
+            again["properties"] = properties
+            _ = try importer.importBytes(try ndjson(Array(objects[cut...]) + [again]), name: "second half")
+            let refreshed = try db.transaction { db -> Bool in
+                try db.execute("set transaction isolation level repeatable read")
+                return try db.query("select full_rebuild from idmerge.refresh_report_tables($1)", [project.id])
+                    .first!.decode("full_rebuild")
+            }
+            #expect(!refreshed, "an incremental refresh")
+            let digest = """
+                select
+                    (select md5(string_agg(x::text, '|' order by x::text)) from (
+                        select event, distinct_id, first_ms, times, seqs, person_events, person_keys
+                        from idmerge.report_person_events where project_id = $1) as x) as events,
+                    (select md5(string_agg(x::text, '|' order by x::text)) from (
+                        select key, distinct_id, times, seqs, vals
+                        from idmerge.report_person_props where project_id = $1) as x) as props,
+                    (select md5(string_agg(x::text, '|' order by x::text)) from (
+                        select ingested_distinct_id, distinct_id
+                        from idmerge.report_person_ids where project_id = $1) as x) as ids,
+                    (select concat_ws(',', as_of_seq, people, newest_ms)
+                        from idmerge.report_state where project_id = $1) as state
+                """
+            let incremental = try db.query(digest, [project.id]).first!
+            try db.transaction { db in
+                try db.execute("set transaction isolation level repeatable read")
+                _ = try db.query("select * from idmerge.refresh_report_tables($1, true)", [project.id])
+            }
+            let full = try db.query(digest, [project.id]).first!
+            for column in ["events", "props", "ids", "state"] {
+                #expect(incremental[column] == full[column], "\(column)")
+            }
+        }
+    }
+}

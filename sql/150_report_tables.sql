@@ -1,0 +1,281 @@
+-- The derived report tables (migrations/0005_report_tables.sql): which people they hold
+-- stale, and their refresh by the nightly job.
+--
+-- Exactness (decisions.md, Funnels: "whatever the live view corrects, they correct too").
+-- The tables are the live view as of as_of_seq. Since then an event's live distinct_id can
+-- change only through an identity mapping written later (identity_map.seq > as_of_seq: a new
+-- link, or an original-API merge), and the events themselves change only by new rows or
+-- replaced duplicates (both get a new seq > as_of_seq). The ids those touch are "changed";
+-- the people they belonged to then (report_person_ids) and belong to now (the live view) are
+-- "stale". Every other person's events, identities and properties are exactly those the
+-- tables hold, so a report reads them from the tables and the stale people from the live
+-- view, and adds the two. This holds whatever the interleaving of imports and nightly runs:
+-- it depends on neither identity_map.rewritten nor events.distinct_id.
+
+-- Epoch milliseconds of an event time (times are stored to the millisecond).
+create or replace function idmerge.report_ms(t timestamptz)
+returns bigint
+language sql immutable parallel safe as $$
+    select (extract(epoch from t) * 1000)::bigint
+$$;
+
+-- Property keys report_person_props leaves out (identity fields, never a touchpoint or a
+-- value); a report on one of them reads the live view.
+create or replace function idmerge.report_excluded_keys()
+returns text[]
+language sql immutable parallel safe as $$
+    select array['time', '$insert_id', 'distinct_id', '$device_id', '$user_id', 'token']
+$$;
+
+-- A timeline key (report_person_events.person_keys): the event name's position in the
+-- person's sorted names, less one, times 2^42, plus the epoch milliseconds (below 2^42
+-- until the year 2109; imports refuse times more than an hour ahead).
+create or replace function idmerge.report_timeline_key(p_names text[], p_event text, p_ms bigint)
+returns bigint
+language sql immutable parallel safe as $$
+    select (array_position(p_names, p_event) - 1)::bigint * 4398046511104 + p_ms
+$$;
+
+-- The ingested distinct_ids whose events may resolve, or be, otherwise than at as_of_seq.
+create or replace function idmerge.report_changed_ids(p_project_id integer, p_as_of_seq bigint)
+returns table (id text)
+language plpgsql stable
+set plan_cache_mode = force_custom_plan
+as $$
+begin
+    return query
+    select m.id
+    from idmerge.identity_map as m
+    where m.project_id = p_project_id and m.seq > p_as_of_seq
+    union
+    select e.ingested_distinct_id
+    from idmerge.events as e
+    where e.project_id = p_project_id and e.seq > p_as_of_seq;
+end
+$$;
+
+-- The newest stored event time of a project, in epoch milliseconds (null: no events). With
+-- derived tables, the newest up to as_of_seq and the newest of the few events after it
+-- (events are never deleted, and a replaced duplicate keeps its time); else a scan.
+create or replace function idmerge.report_newest_ms(p_project_id integer)
+returns bigint
+language plpgsql stable
+set plan_cache_mode = force_custom_plan
+as $$
+declare
+    as_of bigint;
+    newest bigint;
+    since bigint;
+begin
+    select s.as_of_seq, s.newest_ms into as_of, newest from idmerge.report_state as s where s.project_id = p_project_id;
+    if as_of is null then
+        return (select idmerge.report_ms(max(e.time)) from idmerge.events as e where e.project_id = p_project_id);
+    end if;
+    select idmerge.report_ms(max(e.time)) into since
+    from idmerge.events as e
+    where e.project_id = p_project_id and e.seq > as_of;
+    return greatest(newest, since);
+end
+$$;
+
+-- The people the derived tables hold stale, or null when the project has no derived tables
+-- (then every person is read from the live view). Sorted, without duplicates.
+create or replace function idmerge.report_stale_people(p_project_id integer)
+returns text[]
+language plpgsql stable
+set plan_cache_mode = force_custom_plan
+as $$
+declare
+    as_of bigint;
+    changed text[];
+    people text[];
+begin
+    select s.as_of_seq into as_of from idmerge.report_state as s where s.project_id = p_project_id;
+    if as_of is null then
+        return null;
+    end if;
+    select coalesce(array_agg(c.id), '{}') into changed from idmerge.report_changed_ids(p_project_id, as_of) as c;
+    if cardinality(changed) = 0 then
+        return '{}';
+    end if;
+    select coalesce(array_agg(p.distinct_id order by p.distinct_id), '{}') into people
+    from (
+        select i.distinct_id
+        from idmerge.report_person_ids as i
+        where i.project_id = p_project_id and i.ingested_distinct_id = any(changed)
+        union
+        select r.distinct_id
+        from idmerge.resolved_events as r
+        where r.project_id = p_project_id and r.ingested_distinct_id = any(changed)
+    ) as p;
+    return people;
+end
+$$;
+
+-- The ingested distinct_ids whose events can belong (live) to any of p_people: the ids
+-- those people had in the derived tables, and every changed id.
+create or replace function idmerge.report_people_ids(p_project_id integer, p_people text[])
+returns text[]
+language sql stable as $$
+    with state as (
+        select as_of_seq from idmerge.report_state where project_id = p_project_id
+    ),
+    ids as (
+        select i.ingested_distinct_id as id
+        from idmerge.report_person_ids as i
+        where i.project_id = p_project_id and i.distinct_id = any(p_people)
+        union
+        select c.id from state cross join lateral idmerge.report_changed_ids(p_project_id, state.as_of_seq) as c
+        union
+        select unnest(p_people)
+    )
+    select coalesce(array_agg(id order by id), '{}') from ids
+$$;
+
+-- The live events of p_people (all people when p_people is null), with the live view's
+-- columns that reports read.
+drop function if exists idmerge.report_people_events(integer, text[]);
+
+create or replace function idmerge.report_people_events(p_project_id integer, p_people text[])
+returns table (
+    distinct_id text,
+    ingested_distinct_id text,
+    event text,
+    "time" timestamptz,
+    ingest_seq bigint,
+    properties jsonb
+)
+language plpgsql stable
+set plan_cache_mode = force_custom_plan
+as $$
+#variable_conflict use_column
+declare
+    ids text[];
+begin
+    if p_people is null then
+        return query
+        select r.distinct_id, r.ingested_distinct_id, r.event, r.time, r.ingest_seq, r.properties
+        from idmerge.resolved_events as r
+        where r.project_id = p_project_id;
+        return;
+    end if;
+    if cardinality(p_people) = 0 then
+        return;
+    end if;
+    ids := idmerge.report_people_ids(p_project_id, p_people);
+    return query
+    select r.distinct_id, r.ingested_distinct_id, r.event, r.time, r.ingest_seq, r.properties
+    from idmerge.resolved_events as r
+    where r.project_id = p_project_id
+        and r.ingested_distinct_id = any(ids)
+        and r.distinct_id = any(p_people);
+end
+$$;
+
+-- Refreshes a project's derived tables from the live view: only the stale people, or all
+-- of them when p_full, when the tables do not exist yet, or when most people are stale.
+-- Must run in a REPEATABLE READ transaction (one snapshot: as_of_seq must match the
+-- events read); the nightly job does so. Returns the people rewritten.
+create or replace function idmerge.refresh_report_tables(p_project_id integer, p_full boolean default false)
+returns table (people bigint, full_rebuild boolean)
+language plpgsql
+set plan_cache_mode = force_custom_plan
+as $$
+#variable_conflict use_column
+declare
+    stale text[];
+    total bigint;
+    snapshot_seq bigint;
+    excluded_keys constant text[] := idmerge.report_excluded_keys();
+begin
+    if current_setting('transaction_isolation') not in ('repeatable read', 'serializable') then
+        raise exception 'refresh_report_tables must run in a REPEATABLE READ transaction'
+            using errcode = 'invalid_transaction_state';
+    end if;
+    select last_seq into snapshot_seq from idmerge.projects where id = p_project_id;
+    if snapshot_seq is null then
+        raise exception 'no project with id %', p_project_id using errcode = 'invalid_parameter_value';
+    end if;
+    select s.people into total from idmerge.report_state as s where s.project_id = p_project_id;
+    stale := idmerge.report_stale_people(p_project_id);
+    full_rebuild := p_full or stale is null or cardinality(stale) > greatest(total / 4, 10000);
+
+    drop table if exists pg_temp.idmerge_report_events;
+    if full_rebuild then
+        delete from idmerge.report_person_ids where project_id = p_project_id;
+        delete from idmerge.report_person_events where project_id = p_project_id;
+        delete from idmerge.report_person_props where project_id = p_project_id;
+        create temp table idmerge_report_events on commit drop as
+        select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
+               r.properties
+        from idmerge.resolved_events as r
+        where r.project_id = p_project_id;
+    else
+        -- Read the stale people's events first: finding them reads report_person_ids.
+        create temp table idmerge_report_events on commit drop as
+        select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
+               r.properties
+        from idmerge.report_people_events(p_project_id, stale) as r;
+        delete from idmerge.report_person_ids where project_id = p_project_id and distinct_id = any(stale);
+        delete from idmerge.report_person_events where project_id = p_project_id and distinct_id = any(stale);
+        delete from idmerge.report_person_props where project_id = p_project_id and distinct_id = any(stale);
+    end if;
+
+    insert into idmerge.report_person_ids (project_id, ingested_distinct_id, distinct_id)
+    select distinct p_project_id, e.ingested_distinct_id, e.distinct_id
+    from pg_temp.idmerge_report_events as e;
+
+    drop table if exists pg_temp.idmerge_report_timelines;
+    create temp table idmerge_report_timelines on commit drop as
+    with names as (
+        select e.distinct_id, array_agg(distinct e.event order by e.event) as person_events
+        from pg_temp.idmerge_report_events as e
+        group by e.distinct_id
+    )
+    select k.distinct_id, k.person_events, array_agg(k.key order by k.key) as person_keys
+    from (
+        select n.distinct_id, n.person_events, idmerge.report_timeline_key(n.person_events, e.event, e.ms) as key
+        from pg_temp.idmerge_report_events as e
+        inner join names as n on n.distinct_id = e.distinct_id
+    ) as k
+    group by k.distinct_id, k.person_events;
+
+    insert into idmerge.report_person_events
+        (project_id, event, distinct_id, first_ms, times, seqs, person_events, person_keys)
+    select p_project_id, g.event, g.distinct_id, g.first_ms, g.times, g.seqs, t.person_events, t.person_keys
+    from (
+        select e.event, e.distinct_id, min(e.ms) as first_ms,
+               array_agg(e.ms order by e.ms, e.seq) as times, array_agg(e.seq order by e.ms, e.seq) as seqs
+        from pg_temp.idmerge_report_events as e
+        group by e.event, e.distinct_id
+    ) as g
+    inner join pg_temp.idmerge_report_timelines as t on t.distinct_id = g.distinct_id
+    order by g.event, g.distinct_id;
+    drop table pg_temp.idmerge_report_timelines;
+
+    insert into idmerge.report_person_props (project_id, key, distinct_id, times, seqs, vals)
+    select p_project_id, kv.key, e.distinct_id,
+           array_agg(e.ms order by e.ms, e.seq), array_agg(e.seq order by e.ms, e.seq),
+           array_agg(kv.value order by e.ms, e.seq)
+    from pg_temp.idmerge_report_events as e
+    cross join lateral jsonb_each(e.properties) as kv
+    where kv.key <> all(excluded_keys) and jsonb_typeof(kv.value) <> 'null'
+    group by kv.key, e.distinct_id
+    order by kv.key, e.distinct_id;
+
+    select count(distinct e.distinct_id) into people from pg_temp.idmerge_report_events as e;
+    insert into idmerge.report_state as s (project_id, as_of_seq, built_at, people, newest_ms)
+    values (
+        p_project_id, snapshot_seq, now(),
+        (select count(distinct i.distinct_id) from idmerge.report_person_ids as i where i.project_id = p_project_id),
+        (select idmerge.report_ms(max(e.time)) from idmerge.events as e where e.project_id = p_project_id))
+    on conflict (project_id) do update set
+        as_of_seq = excluded.as_of_seq, built_at = excluded.built_at, people = excluded.people,
+        newest_ms = excluded.newest_ms;
+    drop table pg_temp.idmerge_report_events;
+    return next;
+end
+$$;
+
+comment on function idmerge.refresh_report_tables(integer, boolean) is
+    'Nightly: brings a project''s derived report tables up to the live view (stale people only, or all). Run in a REPEATABLE READ transaction.';
