@@ -249,7 +249,6 @@ public final class Importer {
         _ writer: CopyWriter, pos: Int, record: RawRecord, event: EventRules.Accepted, range: Range<Int>
     ) throws {
         try writer.append { line in
-            line.reserveCapacity(line.count + range.count + 160)
             BinaryCopy.appendInt16(&line, Self.stageColumns)
             BinaryCopy.appendInt64(&line, Int64(pos))
             BinaryCopy.appendInt64(&line, Int64(record.position))
