@@ -29,7 +29,10 @@ func attributionQuery(_ object: [String: Any]) throws -> AttributionQuery {
     query.valueProperty = object["value"] as? String
     if let model = object["model"] as? String { query.model = try #require(.init(rawValue: model)) }
     if let lookback = object["lookback"] as? String { query.lookbackSeconds = try DurationParser.seconds(lookback) }
-    if let perUser = object["per_user"] as? String { query.perUser = try #require(.init(rawValue: perUser)) }
+    if let perUser = object["per_user"] as? String {
+        query.perUser = AttributionQuery.PerUser(rawValue: perUser)
+        try #require(query.perUser != nil, "unknown per_user \(perUser)")
+    }
     if let weights = object["weights"] as? [Double] { query.weights = weights }
     if let weights = object["weights"] as? String {
         query.weights = weights.split(separator: ",").compactMap { Double($0) }
