@@ -69,6 +69,9 @@ create table idmerge.report_person_props (
     primary key (project_id, key, distinct_id)
 );
 
+-- A refresh deletes the stale people's rows by person.
+create index report_person_props_person on idmerge.report_person_props (project_id, distinct_id);
+
 comment on table idmerge.report_person_props is 'Derived: per person and property key, the events carrying it (times in epoch milliseconds, seqs, values), ordered by time then seq. Identity keys (time, $insert_id, distinct_id, $device_id, $user_id, token) are left out.';
 
 -- What changed since the derived tables were built is found by ingest sequence. BRIN

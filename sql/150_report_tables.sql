@@ -200,6 +200,16 @@ begin
     stale := idmerge.report_stale_people(p_project_id);
     full_rebuild := p_full or stale is null or cardinality(stale) > greatest(total / 4, 10000);
 
+    -- Nothing changed since as_of_seq (in this snapshot): the tables already are the live
+    -- view as of snapshot_seq, so only the mark moves (a run with nothing to do stays cheap).
+    if not full_rebuild and cardinality(stale) = 0 then
+        update idmerge.report_state as s set as_of_seq = snapshot_seq, built_at = now()
+            where s.project_id = p_project_id;
+        people := 0;
+        return next;
+        return;
+    end if;
+
     drop table if exists pg_temp.idmerge_report_events;
     if full_rebuild then
         delete from idmerge.report_person_ids where project_id = p_project_id;
@@ -264,11 +274,19 @@ begin
     order by kv.key, e.distinct_id;
 
     select count(distinct e.distinct_id) into people from pg_temp.idmerge_report_events as e;
+    -- The newest time: after a full rebuild a scan; else the old newest and the events since
+    -- (report_newest_ms reads the old as_of_seq, not yet moved).
     insert into idmerge.report_state as s (project_id, as_of_seq, built_at, people, newest_ms)
     values (
         p_project_id, snapshot_seq, now(),
-        (select count(distinct i.distinct_id) from idmerge.report_person_ids as i where i.project_id = p_project_id),
-        (select idmerge.report_ms(max(e.time)) from idmerge.events as e where e.project_id = p_project_id))
+        (select count(*) from (
+            select distinct i.distinct_id from idmerge.report_person_ids as i where i.project_id = p_project_id
+        ) as d),
+        case
+            when full_rebuild then
+                (select idmerge.report_ms(max(e.time)) from idmerge.events as e where e.project_id = p_project_id)
+            else idmerge.report_newest_ms(p_project_id)
+        end)
     on conflict (project_id) do update set
         as_of_seq = excluded.as_of_seq, built_at = excluded.built_at, people = excluded.people,
         newest_ms = excluded.newest_ms;

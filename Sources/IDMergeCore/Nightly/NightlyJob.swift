@@ -39,19 +39,25 @@ public struct NightlyJob {
     /// view through `idmerge.refresh_report_tables`: the people changed since the last
     /// refresh, or everyone the first time. One REPEATABLE READ transaction, so the tables and
     /// the ingest seq they record come from one snapshot; imports go on meanwhile, and what
-    /// they add stays visible to reports through the live view. Then a vacuum, so reports can
-    /// read the tables' indexes alone, with fresh statistics.
+    /// they add stays visible to reports through the live view. After a full rebuild, a
+    /// vacuum, so reports can read the tables' indexes alone, with fresh statistics; after an
+    /// incremental refresh (a few people) autovacuum is enough, so the cost follows the people
+    /// changed, not the tables' size.
     ///
     /// - Returns: the people rewritten.
     /// - Throws: ``PostgresError``.
     func refreshReportTables() throws -> Int {
-        let people = try connection.transaction { connection -> Int in
+        let (people, full) = try connection.transaction { connection -> (Int, Bool) in
             try connection.execute("set transaction isolation level repeatable read")
-            return try connection.query("select people from idmerge.refresh_report_tables($1)", [project.id])
-                .first!.decode("people")
+            let row = try connection.query(
+                "select people, full_rebuild from idmerge.refresh_report_tables($1)", [project.id]
+            ).first!
+            return (try row.decode("people"), try row.decode("full_rebuild"))
         }
-        try connection.execute(
-            "vacuum (analyze) idmerge.report_person_events, idmerge.report_person_props, idmerge.report_person_ids")
+        if full {
+            try connection.execute(
+                "vacuum (analyze) idmerge.report_person_events, idmerge.report_person_props, idmerge.report_person_ids")
+        }
         return people
     }
 
