@@ -4,6 +4,7 @@ import Hummingbird
 import IDMergeCore
 import Logging
 import NIOCore
+import PGClient
 
 /// The endpoints, answering as Mixpanel's ingestion API does (mixpanel-reference.md §4, §3
 /// P-R11; decisions.md "Ingestion").
@@ -46,12 +47,18 @@ struct MixpanelHandlers: Sendable {
         } catch is NIOTooManyBytesError {
             response = errorResponse(
                 .tooLarge("request exceeds max limit of \(maxBodyBytes) bytes"), endpoint: endpoint, request: request)
-        } catch {
+        } catch let error as PostgresError {
             logger.error("\(endpoint): \(error)")
             response = Response.json(
                 .serviceUnavailable,
                 #"{"code":503,"error":"the server could not reach its database; retry later","status":"Service Unavailable"}"#
             )
+        } catch {
+            // Anything else failed while reading the request (broken chunked framing, a client
+            // that went away mid-body): the request's fault, not worth a retry.
+            logger.warning("\(endpoint): could not read the request: \(error)")
+            response = errorResponse(
+                .malformed("could not read the request body: \(error)"), endpoint: endpoint, request: request)
         }
         metrics.request(endpoint: endpoint, status: response.status.code, duration: clock.now - started)
         return response
@@ -279,20 +286,26 @@ struct MixpanelHandlers: Sendable {
     }
 
     /// The one project token a request's records name (`/track`: `properties.token`;
-    /// `/engage`: `$token`).
+    /// `/engage`: `$token`). A record that is not a JSON object is passed over here: the
+    /// import refuses it on its own, with the exact reason, and stores the others.
     ///
-    /// - Throws: ``PayloadError`` when a record names none, or two records name different ones.
+    /// - Throws: ``PayloadError`` when no record is a JSON object, a JSON object names no
+    ///   token, or two records name different ones.
     static func projectToken(
         _ payload: SplitPayload, what: String, name: String, _ token: ([String: Any]) -> Any?
     ) throws -> String {
         var tokens = Set<String>()
         for range in payload.records {
-            guard let object = try? JSONSerialization.jsonObject(with: Data(payload.bytes[range])) as? [String: Any],
-                let value = token(object) as? String, !value.isEmpty
-            else {
+            guard let object = try? JSONSerialization.jsonObject(with: Data(payload.bytes[range])) as? [String: Any]
+            else { continue }
+            guard let value = token(object) as? String, !value.isEmpty else {
                 throw PayloadError.malformed("every one of the \(what) needs \(name), the project's token")
             }
             tokens.insert(value)
+        }
+        if tokens.isEmpty {
+            throw PayloadError.malformed(
+                "malformed JSON: no \(what.dropLast()) of the request is a valid JSON object (UTF-8, no NaN)")
         }
         guard tokens.count == 1, let value = tokens.first else {
             throw PayloadError.malformed("the \(what) of one request must carry the same project token")

@@ -333,17 +333,40 @@ struct IngestServerTests {
                 #expect(unknown.body == "0")
                 let broken = try await HTTP.send("POST", base + "/engage", body: HTTP.form([("data", "[{")]))
                 #expect(broken.status == 400)
+                // One update of a batch is not JSON (NaN): it alone is refused, with its reason,
+                // and the batch's project is read from the others.
+                let withNaN =
+                    #"[{"$token":"\#(token)","$distinct_id":"u4","$add":{"n":NaN}},"#
+                    + #"{"$token":"\#(token)","$distinct_id":"u4","$set":{"b":2}}]"#
+                let partly = try await HTTP.send(
+                    "POST", base + "/engage?verbose=1", headers: ["Content-Type": "application/json"],
+                    body: Array(withNaN.utf8))
+                #expect(partly.status == 200)
+                #expect((partly.json?["error"] as? String)?.contains("update 0") == true, "\(partly.body)")
+                #expect((partly.json?["error"] as? String)?.contains("token") == false, "\(partly.body)")
+                let truncated = try await HTTP.send(
+                    "POST", base + "/engage?verbose=1", headers: ["Content-Type": "application/json"],
+                    body: Array(#"{"$token":"\#(token)","$distinct_id":"x","$set":{"a":1}"#.utf8))
+                #expect(truncated.status == 400)
+                #expect((truncated.json?["error"] as? String)?.contains("malformed JSON") == true, "\(truncated.body)")
+                // Broken chunked framing is the request's fault: 400, not a 503 that invites retries.
+                let framing = try HTTP.raw(
+                    base,
+                    Array(
+                        "POST /engage HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nabc\r\n0\r\n\r\n"
+                            .utf8))
+                #expect(framing.hasPrefix("HTTP/1.1 400"), "\(framing)")
                 let properties = try db.query(
                     "select distinct_id, properties::text as p from idmerge.profiles order by distinct_id"
                 ).rows.map { try [$0.decode("distinct_id", as: String.self), $0.decode("p", as: String.self)] }
-                #expect(properties == [["u1", #"{"plan": "pro"}"#], ["u2", #"{"a": 1}"#]])
+                #expect(properties == [["u1", #"{"plan": "pro"}"#], ["u2", #"{"a": 1}"#], ["u4", #"{"b": 2}"#]])
                 let groups = try await HTTP.send("POST", base + "/groups", body: HTTP.form([("data", "[]")]))
                 #expect(groups.status == 501)
                 let health = try await HTTP.send("GET", base + "/healthz")
                 #expect(health.status == 200)
                 let metrics = try await HTTP.send("GET", base + "/metrics")
-                #expect(metrics.body.contains("idmerge_http_requests_total{endpoint=\"engage\",status=\"200\"} 2"))
-                #expect(metrics.body.contains("idmerge_profile_updates_applied_total 3"), "\(metrics.body)")
+                #expect(metrics.body.contains("idmerge_http_requests_total{endpoint=\"engage\",status=\"200\"} 3"))
+                #expect(metrics.body.contains("idmerge_profile_updates_applied_total 4"), "\(metrics.body)")
             }
         }
     }
