@@ -349,13 +349,19 @@ struct IngestServerTests {
                     body: Array(#"{"$token":"\#(token)","$distinct_id":"x","$set":{"a":1}"#.utf8))
                 #expect(truncated.status == 400)
                 #expect((truncated.json?["error"] as? String)?.contains("malformed JSON") == true, "\(truncated.body)")
-                // Broken chunked framing is the request's fault: 400, not a 503 that invites retries.
+                // Broken chunked framing is the request's fault: 400, not a 503 that invites
+                // retries. (The headers go first, so the handler is reading the body when the
+                // framing breaks; had the parser seen it first, it would close the connection.)
                 let framing = try HTTP.raw(
                     base,
-                    Array(
-                        "POST /engage HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nabc\r\n0\r\n\r\n"
-                            .utf8))
-                #expect(framing.hasPrefix("HTTP/1.1 400"), "\(framing)")
+                    [
+                        Array(
+                            "POST /engage HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                .utf8),
+                        Array("ZZZ\r\nabc\r\n0\r\n\r\n".utf8),
+                    ])
+                #expect(!framing.contains(" 503 "), "\(framing)")
+                #expect(framing.isEmpty || framing.hasPrefix("HTTP/1.1 400"), "\(framing)")
                 let properties = try db.query(
                     "select distinct_id, properties::text as p from idmerge.profiles order by distinct_id"
                 ).rows.map { try [$0.decode("distinct_id", as: String.self), $0.decode("p", as: String.self)] }

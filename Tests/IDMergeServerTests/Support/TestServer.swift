@@ -91,10 +91,10 @@ enum HTTP {
         }
     }
 
-    /// Sends `bytes` as they are over a new TCP connection to `base` (`http://127.0.0.1:PORT`)
-    /// and returns what the server answers before it closes or 10 s pass: for requests no
-    /// HTTP client library would send (broken chunked framing).
-    static func raw(_ base: String, _ bytes: [UInt8]) throws -> String {
+    /// Sends `parts` as they are, 200 ms apart, over a new TCP connection to `base`
+    /// (`http://127.0.0.1:PORT`) and returns what the server answers before it closes or 10 s
+    /// pass: for requests no HTTP client library would send (broken chunked framing).
+    static func raw(_ base: String, _ parts: [[UInt8]]) throws -> String {
         let url = URL(string: base)!
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestHTTPError(message: "socket failed") }
@@ -111,7 +111,10 @@ enum HTTP {
         guard connected == 0 else { throw TestHTTPError(message: "connect failed") }
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
+        for (index, bytes) in parts.enumerated() {
+            if index > 0 { usleep(200_000) }
+            _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) }
+        }
         var answer: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
