@@ -216,6 +216,20 @@ begin
             width_bucket(c.ms, c.touch_times) as hi0
         from derived_conversions as c
     ),
+    -- hi: hi0 less the touches at the conversion's own time with a later seq (ties by seq).
+    -- Not materialized, so each path below reads the bounds straight, without a copy of the
+    -- arrays.
+    derived_ends as not materialized (
+        select
+            b.*,
+            case
+                when b.hi0 >= b.lo and b.times[b.hi0] = b.ms then b.hi0 - (
+                    select count(*) from unnest(b.times[b.lo:b.hi0], b.seqs[b.lo:b.hi0]) as u (ms, seq)
+                    where u.ms = b.ms and u.seq > b.seq)
+                else b.hi0
+            end as hi
+        from derived_bounds as b
+    ),
     derived_slices as (
         select
             -row_number() over () as conversion_id,
@@ -224,13 +238,8 @@ begin
             b.times,
             b.vals,
             b.lo,
-            case
-                when b.hi0 >= b.lo and b.times[b.hi0] = b.ms then b.hi0 - (
-                    select count(*) from unnest(b.times[b.lo:b.hi0], b.seqs[b.lo:b.hi0]) as u (ms, seq)
-                    where u.ms = b.ms and u.seq > b.seq)
-                else b.hi0
-            end as hi
-        from derived_bounds as b
+            b.hi
+        from derived_ends as b
         where p_model not in ('first-touch', 'last-touch')
     ),
     -- First and last touch credit one element of the slice, read straight from the bounds
@@ -243,18 +252,8 @@ begin
                 else '(not set)'
             end as touch_value,
             1.0::double precision as weight
-        from (
-            select
-                b.*,
-                case
-                    when b.hi0 >= b.lo and b.times[b.hi0] = b.ms then b.hi0 - (
-                        select count(*) from unnest(b.times[b.lo:b.hi0], b.seqs[b.lo:b.hi0]) as u (ms, seq)
-                        where u.ms = b.ms and u.seq > b.seq)
-                    else b.hi0
-                end as hi
-            from derived_bounds as b
-            where p_model in ('first-touch', 'last-touch')
-        ) as b
+        from derived_ends as b
+        where p_model in ('first-touch', 'last-touch')
     ),
     derived_direct as (
         select s.amount, '(not set)'::text as touch_value, 1.0::double precision as weight
