@@ -47,6 +47,48 @@ declare
     batch_count bigint;
     replaced_count bigint := 0;
     link_count bigint;
+    -- The batch's events resolved through the map, as one statement text for both the plain
+    -- INSERT and the upsert ($1 project, $2 batch, $3 seq_base).
+    insert_batch constant text := $insert$
+    insert into idmerge.events (
+            project_id, time, seq, batch_id, event, insert_id, ingested_distinct_id, device_id,
+            user_id, distinct_id, resolved_seq, identity_failure_reason, properties)
+        select
+            $1, b.time, b.seq, $2, b.event, b.insert_id, b.ingested_id,
+            b.device_id, b.user_id,
+            coalesce(m.canonical_id, b.ingested_id),
+            coalesce(m.seq, 0),
+            case
+                when b.user_id is not null and d.canonical_id is not null and d.canonical_id <> b.user_id
+                    then 'errAnonDistinctIdAssignedAlready'
+                else b.warning
+            end,
+            b.properties
+        from (
+            select
+                $3 + s.pos + 1 as seq, timestamptz 'epoch' + s.time_ms * interval '1 millisecond' as time,
+                s.event, s.insert_id, s.ingested_id, s.device_id, s.user_id, s.warning, s.properties
+            from pg_temp.idmerge_stage as s
+            where s.refused_reason is null
+                and not exists (select 1 from pg_temp.idmerge_losers as l where l.pos = s.pos)
+        ) as b
+        left join idmerge.identity_map as m
+            on m.project_id = $1 and m.id = b.ingested_id
+        left join idmerge.identity_map as d
+            on d.project_id = $1 and b.device_id is not null and d.id = '$device:' || b.device_id
+    $insert$;
+    upsert_clause constant text := $upsert$
+        on conflict (project_id, ingested_distinct_id, time, insert_id, event) do update set
+            seq = excluded.seq,
+            batch_id = excluded.batch_id,
+            device_id = excluded.device_id,
+            user_id = excluded.user_id,
+            distinct_id = excluded.distinct_id,
+            resolved_seq = excluded.resolved_seq,
+            identity_failure_reason = excluded.identity_failure_reason,
+            identity_failure_description = excluded.identity_failure_description,
+            properties = excluded.properties
+    $upsert$;
 begin
     perform pg_advisory_xact_lock(hashtext('idmerge.project'), p_project_id);
 
@@ -141,33 +183,10 @@ begin
 
     get diagnostics link_count = row_count;
 
+    -- Rule 2 against stored events: the plain INSERT, and only when a copy replaces a stored
+    -- event (unique_violation rolls it back), the count of those copies and the upsert.
     begin
-        insert into idmerge.events (
-                project_id, time, seq, batch_id, event, insert_id, ingested_distinct_id, device_id,
-                user_id, distinct_id, resolved_seq, identity_failure_reason, properties)
-            select
-                p_project_id, b.time, b.seq, p_batch_id, b.event, b.insert_id, b.ingested_id,
-                b.device_id, b.user_id,
-                coalesce(m.canonical_id, b.ingested_id),
-                coalesce(m.seq, 0),
-                case
-                    when b.user_id is not null and d.canonical_id is not null and d.canonical_id <> b.user_id
-                        then 'errAnonDistinctIdAssignedAlready'
-                    else b.warning
-                end,
-                b.properties
-            from (
-                select
-                    seq_base + s.pos + 1 as seq, timestamptz 'epoch' + s.time_ms * interval '1 millisecond' as time,
-                    s.event, s.insert_id, s.ingested_id, s.device_id, s.user_id, s.warning, s.properties
-                from pg_temp.idmerge_stage as s
-                where s.refused_reason is null
-                    and not exists (select 1 from pg_temp.idmerge_losers as l where l.pos = s.pos)
-            ) as b
-            left join idmerge.identity_map as m
-                on m.project_id = p_project_id and m.id = b.ingested_id
-            left join idmerge.identity_map as d
-                on d.project_id = p_project_id and b.device_id is not null and d.id = '$device:' || b.device_id;
+        execute insert_batch using p_project_id, p_batch_id, seq_base;
     exception when unique_violation then
         -- Some copies replace stored events (rule 2 against stored events): count them, then
         -- upsert the whole batch.
@@ -182,42 +201,7 @@ begin
                     and e.insert_id = s.insert_id and e.event = s.event
             );
 
-        insert into idmerge.events as e (
-                project_id, time, seq, batch_id, event, insert_id, ingested_distinct_id, device_id,
-                user_id, distinct_id, resolved_seq, identity_failure_reason, properties)
-            select
-                p_project_id, b.time, b.seq, p_batch_id, b.event, b.insert_id, b.ingested_id,
-                b.device_id, b.user_id,
-                coalesce(m.canonical_id, b.ingested_id),
-                coalesce(m.seq, 0),
-                case
-                    when b.user_id is not null and d.canonical_id is not null and d.canonical_id <> b.user_id
-                        then 'errAnonDistinctIdAssignedAlready'
-                    else b.warning
-                end,
-                b.properties
-            from (
-                select
-                    seq_base + s.pos + 1 as seq, timestamptz 'epoch' + s.time_ms * interval '1 millisecond' as time,
-                    s.event, s.insert_id, s.ingested_id, s.device_id, s.user_id, s.warning, s.properties
-                from pg_temp.idmerge_stage as s
-                where s.refused_reason is null
-                    and not exists (select 1 from pg_temp.idmerge_losers as l where l.pos = s.pos)
-            ) as b
-            left join idmerge.identity_map as m
-                on m.project_id = p_project_id and m.id = b.ingested_id
-            left join idmerge.identity_map as d
-                on d.project_id = p_project_id and b.device_id is not null and d.id = '$device:' || b.device_id
-            on conflict (project_id, ingested_distinct_id, time, insert_id, event) do update set
-                seq = excluded.seq,
-                batch_id = excluded.batch_id,
-                device_id = excluded.device_id,
-                user_id = excluded.user_id,
-                distinct_id = excluded.distinct_id,
-                resolved_seq = excluded.resolved_seq,
-                identity_failure_reason = excluded.identity_failure_reason,
-                identity_failure_description = excluded.identity_failure_description,
-                properties = excluded.properties;
+        execute insert_batch || upsert_clause using p_project_id, p_batch_id, seq_base;
     end;
 
     stored := batch_count;
