@@ -33,6 +33,10 @@ public struct NightlyJob {
         public var rowsRewritten: Int
         /// People whose rows of the derived report tables this run rewrote.
         public var reportPeopleRefreshed: Int
+        /// Wall-clock seconds of the identity rewrite (the chunks), and of the refresh of the
+        /// derived report tables after it.
+        public var rewriteSeconds: Double = 0
+        public var reportSeconds: Double = 0
     }
 
     /// Brings the derived report tables (migrations/0005_report_tables.sql) up to the live
@@ -100,6 +104,8 @@ public struct NightlyJob {
             var links = 0
             var rows = 0
             var reportPeople = 0
+            let rewriteStart = Date()
+            var reportStart = rewriteStart
             do {
                 while true {
                     let step = try connection.transaction { connection -> (Int, Int) in
@@ -125,6 +131,7 @@ public struct NightlyJob {
                     progress?(links, rows)
                     if step.0 < chunkSize { break }
                 }
+                reportStart = Date()
                 reportPeople = try refreshReportTables()
                 try connection.query(
                     "update idmerge.job_runs set outcome = 'succeeded', finished_at = clock_timestamp() where id = $1",
@@ -135,7 +142,10 @@ public struct NightlyJob {
                     [runId, String(describing: error)])
                 throw error
             }
-            return Result(runId: runId, linksApplied: links, rowsRewritten: rows, reportPeopleRefreshed: reportPeople)
+            return Result(
+                runId: runId, linksApplied: links, rowsRewritten: rows, reportPeopleRefreshed: reportPeople,
+                rewriteSeconds: reportStart.timeIntervalSince(rewriteStart),
+                reportSeconds: Date().timeIntervalSince(reportStart))
         }
         guard let result else { throw LockBusy(project: project.name) }
         return result

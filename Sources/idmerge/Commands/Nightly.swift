@@ -34,8 +34,9 @@ struct Nightly: ParsableCommand {
             let start = Date()
             do {
                 let result = try job.run(wait: !noWait)
+                let seconds = { (value: Double) in String(format: "%.2f", value) }
                 print(
-                    "nightly run \(result.runId): \(result.linksApplied) links applied, \(result.rowsRewritten) rows rewritten, \(result.reportPeopleRefreshed) people refreshed in the report tables in \(String(format: "%.2f", Date().timeIntervalSince(start))) s"
+                    "nightly run \(result.runId): \(result.linksApplied) links applied, \(result.rowsRewritten) rows rewritten, \(result.reportPeopleRefreshed) people refreshed in the report tables in \(seconds(Date().timeIntervalSince(start))) s (identity rewrite \(seconds(result.rewriteSeconds)) s, report tables \(seconds(result.reportSeconds)) s)"
                 )
             } catch let busy as NightlyJob.LockBusy {
                 printError("idmerge: \(busy)")
