@@ -136,6 +136,13 @@ struct NightlyTests {
             }
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
+            // The killed client's backend may still be committing the chunk it sent last:
+            // wait for it to end, so the count below is the state the rerun starts from.
+            try db.query(
+                """
+                select pg_terminate_backend(pid, 10000) from pg_stat_activity
+                where datname = current_database() and pid <> pg_backend_pid() and backend_type = 'client backend'
+                """)
             let pendingAfterKill: Int = try db.query(
                 "select count(*) as n from idmerge.identity_map where not rewritten"
             ).first!.decode("n")
