@@ -36,7 +36,8 @@
 -- The project's advisory lock serializes batches, so every rule follows arrival order exactly.
 
 -- The text of an identifier property: a string or a number that is not a placeholder
--- (decisions.md "Placeholder values are never identifiers", the list of EventRules.swift).
+-- (decisions.md "Placeholder values are never identifiers", the list of EventRules.swift),
+-- also behind a '$device:' prefix, as EventRules.isPlaceholder.
 create or replace function idmerge.identifier_text(value jsonb)
 returns text
 language plpgsql immutable as $$
@@ -49,8 +50,15 @@ begin
     end if;
     text_value := value #>> '{}';
     trimmed := btrim(text_value, E' \t\n\r\f\v');
-    while length(trimmed) >= 2 and left(trimmed, 1) = right(trimmed, 1) and left(trimmed, 1) in ('"', '''') loop
-        trimmed := btrim(substr(trimmed, 2, length(trimmed) - 2), E' \t\n\r\f\v');
+    -- Unquote and drop a '$device:' prefix as often as they nest ('$device:undefined').
+    loop
+        if length(trimmed) >= 2 and left(trimmed, 1) = right(trimmed, 1) and left(trimmed, 1) in ('"', '''') then
+            trimmed := btrim(substr(trimmed, 2, length(trimmed) - 2), E' \t\n\r\f\v');
+        elsif left(trimmed, 8) = '$device:' then
+            trimmed := btrim(substr(trimmed, 9), E' \t\n\r\f\v');
+        else
+            exit;
+        end if;
     end loop;
     if trimmed = '' or lower(trimmed) = any (array[
         '00000000-0000-0000-0000-000000000000', 'anon', 'anonymous', 'nil', 'none', 'null', 'n/a', 'na',
