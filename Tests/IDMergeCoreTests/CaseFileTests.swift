@@ -11,7 +11,8 @@ import Testing
 ///
 /// Each case runs as the shared cases do (the nightly job after the last batch), and again
 /// with the nightly job after every batch, so that imports landing on derived tables and
-/// rewritten events are checked too.
+/// rewritten events are checked too; the shared acceptance cases also run on that second
+/// schedule here.
 enum CaseFiles {
     /// When the nightly job runs while a case's batches are imported.
     enum Schedule: String, CaseIterable, CustomTestStringConvertible, Sendable {
@@ -35,11 +36,19 @@ enum CaseFiles {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
         return names.filter { $0.hasSuffix(".json") }.sorted().map { directory.appendingPathComponent($0).path }
     }
+
+    /// Every run of a folder: the project's cases under both schedules, and the shared
+    /// acceptance cases with the nightly job after every batch (the acceptance tests run
+    /// them with it at the end).
+    static func runs(_ folder: String) -> [(String, Schedule)] {
+        files(folder).flatMap { path in Schedule.allCases.map { (path, $0) } }
+            + Shared.caseFiles(folder).filter { $0.hasSuffix(".json") }.map { ($0, .nightlyAfterEachBatch) }
+    }
 }
 
 @Suite(.enabled(if: TestDatabase.isConfigured, "needs PostgreSQL: run through scripts/test (pg_virtualenv)"))
 struct CaseFileTests {
-    @Test("cases: id-merge", arguments: CaseFiles.files("id-merge"), CaseFiles.Schedule.allCases)
+    @Test("cases: id-merge", arguments: CaseFiles.runs("id-merge"))
     func identityCase(path: String, schedule: CaseFiles.Schedule) throws {
         let testCase = try IdentityCase(path: path)
         let name = "\(testCase.name) (\(schedule.rawValue))"
@@ -86,7 +95,7 @@ struct CaseFileTests {
         }
     }
 
-    @Test("cases: reports", arguments: CaseFiles.files("reports"), CaseFiles.Schedule.allCases)
+    @Test("cases: reports", arguments: CaseFiles.runs("reports"))
     func reportCase(path: String, schedule: CaseFiles.Schedule) throws {
         let name = "\(URL(fileURLWithPath: path).lastPathComponent) (\(schedule.rawValue))"
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
