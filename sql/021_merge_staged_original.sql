@@ -36,7 +36,8 @@
 -- The project's advisory lock serializes batches, so every rule follows arrival order exactly.
 
 -- The text of an identifier property: a string or a number that is not a placeholder
--- (decisions.md "Placeholder values are never identifiers", the list of EventRules.swift).
+-- (decisions.md "Placeholder values are never identifiers", the list of EventRules.swift),
+-- also behind a '$device:' prefix, as EventRules.isPlaceholder.
 create or replace function idmerge.identifier_text(value jsonb)
 returns text
 language plpgsql immutable as $$
@@ -49,8 +50,15 @@ begin
     end if;
     text_value := value #>> '{}';
     trimmed := btrim(text_value, E' \t\n\r\f\v');
-    while length(trimmed) >= 2 and left(trimmed, 1) = right(trimmed, 1) and left(trimmed, 1) in ('"', '''') loop
-        trimmed := btrim(substr(trimmed, 2, length(trimmed) - 2), E' \t\n\r\f\v');
+    -- Unquote and drop a '$device:' prefix as often as they nest ('$device:undefined').
+    loop
+        if length(trimmed) >= 2 and left(trimmed, 1) = right(trimmed, 1) and left(trimmed, 1) in ('"', '''') then
+            trimmed := btrim(substr(trimmed, 2, length(trimmed) - 2), E' \t\n\r\f\v');
+        elsif left(trimmed, 8) = '$device:' then
+            trimmed := btrim(substr(trimmed, 9), E' \t\n\r\f\v');
+        else
+            exit;
+        end if;
     end loop;
     if trimmed = '' or lower(trimmed) = any (array[
         '00000000-0000-0000-0000-000000000000', 'anon', 'anonymous', 'nil', 'none', 'null', 'n/a', 'na',
@@ -388,6 +396,20 @@ begin
             identity_failure_reason = excluded.identity_failure_reason,
             identity_failure_description = excluded.identity_failure_description,
             properties = excluded.properties;
+
+    -- A copy that replaced a stored event kept its seq, so the derived report tables would
+    -- not see its new properties: record its id under this batch's first seq
+    -- (migrations/0009_report_replaced_ids.sql), and drop what every refresh has seen.
+    if replaced_count > 0 then
+        insert into idmerge.report_replaced_ids (project_id, ingested_distinct_id, seq)
+        select distinct p_project_id, b.ingested_id, seq_base + 1
+        from pg_temp.idmerge_batch as b
+        where b.replaces
+        on conflict do nothing;
+        delete from idmerge.report_replaced_ids as replaced
+        where replaced.project_id = p_project_id
+            and replaced.seq <= (select s.as_of_seq from idmerge.report_state as s where s.project_id = p_project_id);
+    end if;
 
     -- A mapping this batch made needs the nightly job only when a stored event resolved
     -- before it carries the id: this batch's events were resolved through it as they were

@@ -36,7 +36,8 @@ language sql immutable parallel safe as $$
     select (array_position(p_names, p_event) - 1)::bigint * 4398046511104 + p_ms
 $$;
 
--- The ingested distinct_ids whose events may resolve, or be, otherwise than at as_of_seq.
+-- The ingested distinct_ids whose events may resolve, or be, otherwise than at as_of_seq:
+-- mapped since, stored since, or replaced since (migrations/0009_report_replaced_ids.sql).
 create or replace function idmerge.report_changed_ids(p_project_id integer, p_as_of_seq bigint)
 returns table (id text)
 language plpgsql stable
@@ -51,7 +52,12 @@ begin
     union
     select e.ingested_distinct_id
     from idmerge.events as e
-    where e.project_id = p_project_id and e.seq > p_as_of_seq;
+    where e.project_id = p_project_id and e.seq > p_as_of_seq
+    union
+    -- Copies that replaced stored events in place, keeping their seq (original, legacy).
+    select r.ingested_distinct_id
+    from idmerge.report_replaced_ids as r
+    where r.project_id = p_project_id and r.seq > p_as_of_seq;
 end
 $$;
 

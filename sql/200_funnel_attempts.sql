@@ -171,7 +171,9 @@ begin
         where r.project_id = project_id_value
             and (p_people is null or (r.ingested_distinct_id = any(people_ids) and r.distinct_id = any(p_people)))
             and r.event = any(names)
-            and (p_from_date is null or r.time >= to_timestamp(from_epoch - p_grace_seconds))
+            -- Each later step may come up to the grace before the previous one, so a chain
+            -- of them reaches back (n - 1) graces before a step-1 event at --from.
+            and (p_from_date is null or r.time >= to_timestamp(from_epoch - greatest(n - 1, 1) * p_grace_seconds))
             and (p_to_date is null or r.time <= to_timestamp(to_epoch + p_window_seconds + p_grace_seconds))
         group by r.distinct_id
     loop

@@ -42,21 +42,31 @@ public struct EventRules: Sendable {
         "distinct_id", "id", "not_authenticated", "email", "[object object]", "nan",
     ]
 
-    /// True when `value` is blank or a placeholder such as `undefined`, `'null'` or `[object Object]`.
+    /// True when `value` is blank or a placeholder such as `undefined`, `'null'` or `[object Object]`,
+    /// also behind a `$device:` prefix (`$device:undefined`).
     public static func isPlaceholder(_ value: String) -> Bool {
         var copy = value
         return copy.withUTF8 { bytes in
             var lower = 0
             var upper = bytes.count
             func isSpace(_ b: UInt8) -> Bool { b == 0x20 || (b >= 0x09 && b <= 0x0D) }
+            // Trim, unquote and drop a `$device:` prefix, as often as they nest: a placeholder
+            // behind the prefix ("$device:undefined", "'$device:null'") is no id either.
             while true {
                 while lower < upper, isSpace(bytes[lower]) { lower += 1 }
                 while upper > lower, isSpace(bytes[upper - 1]) { upper -= 1 }
-                guard upper - lower >= 2, bytes[lower] == bytes[upper - 1],
+                if upper - lower >= 2, bytes[lower] == bytes[upper - 1],
                     bytes[lower] == UInt8(ascii: "\"") || bytes[lower] == UInt8(ascii: "'")
-                else { break }
-                lower += 1
-                upper -= 1
+                {
+                    lower += 1
+                    upper -= 1
+                } else if upper - lower >= devicePrefix.count,
+                    devicePrefix.indices.allSatisfy({ bytes[lower + $0] == devicePrefix[$0] })
+                {
+                    lower += devicePrefix.count
+                } else {
+                    break
+                }
             }
             if lower == upper { return true }
             if bytes[lower..<upper].contains(where: { $0 >= 0x80 }) {
@@ -83,6 +93,9 @@ public struct EventRules: Sendable {
             return false
         }
     }
+
+    /// The prefix of a device's distinct_id (S-R3), as bytes.
+    static let devicePrefix = Array("$device:".utf8)
 
     /// `placeholders` as bytes, by length (the ASCII ones; all of them are).
     static let placeholderBytes: [[[UInt8]]] = {
