@@ -161,4 +161,52 @@ struct ImportTests {
             #expect(try counts.decode("b", as: Int.self) == 0)
         }
     }
+
+    /// A batch under an eighth of the identity map takes index probes instead of hash joins
+    /// (sql/020_merge_staged_simplified.sql): it still resolves through stored links, flags a
+    /// device linked to another user, links a new device, replaces a stored copy and counts
+    /// it, and leaves the session's join settings as they were.
+    @Test func aSmallBatchAgainstALargeMapIsExact() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            let t = 1_767_225_600
+            let links = (0..<200).map { n in
+                #"{"event":"Login","properties":{"time":\#(t + n),"$device_id":"D\#(n)","$user_id":"U\#(n)","$insert_id":"l\#(n)"}}"#
+            }
+            let first = try importer.importBytes(Array(links.joined(separator: "\n").utf8), name: "links")
+            #expect(first.links == 200)
+            try db.execute("analyze idmerge.identity_map")
+            let small = [
+                #"{"event":"View","properties":{"time":\#(t + 500),"$device_id":"D7","$insert_id":"s1"}}"#,
+                #"{"event":"View","properties":{"time":\#(t + 501),"$device_id":"D8","$user_id":"U9","$insert_id":"s2"}}"#,
+                #"{"event":"View","properties":{"time":\#(t + 502),"$device_id":"NEW","$user_id":"U1","$insert_id":"s3"}}"#,
+                #"{"event":"Login","properties":{"time":\#(t + 3),"$device_id":"D3","$user_id":"U3","$insert_id":"l3","v":2}}"#,
+            ]
+            let summary = try importer.importBytes(Array(small.joined(separator: "\n").utf8), name: "small")
+            #expect(summary.stored == 4)
+            #expect(summary.duplicates == 1)
+            #expect(summary.links == 1)
+            let rows = try db.query(
+                """
+                select insert_id, distinct_id, coalesce(identity_failure_reason, '') as failure,
+                    coalesce(properties->>'v', '') as v
+                from idmerge.events where insert_id in ('s1', 's2', 's3', 'l3') order by insert_id
+                """
+            ).rows.map { "\($0["insert_id"]!) \($0["distinct_id"]!) \($0["failure"]!) \($0["v"]!)" }
+            #expect(
+                rows == [
+                    "l3 U3  2", "s1 U7  ", "s2 U9 errAnonDistinctIdAssignedAlready ", "s3 U1  ",
+                ])
+            let link = try db.query("select canonical_id from idmerge.identity_map where id = '$device:NEW'").first
+            #expect(link?["canonical_id"] == "U1")
+            let settings = try db.query(
+                "select current_setting('enable_hashjoin') as h, current_setting('enable_mergejoin') as m"
+            ).first
+            #expect(settings?["h"] == "on")
+            #expect(settings?["m"] == "on")
+        }
+    }
 }

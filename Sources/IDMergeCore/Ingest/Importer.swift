@@ -209,7 +209,9 @@ public final class Importer {
         """
 
     /// The staging table, once per session, emptied for each source. The columns every pass
-    /// of the merge reads come first, so reading a row stops before its properties. JIT
+    /// of the merge reads come first, so reading a row stops before its properties.
+    /// `superseded` is not copied: the Simplified merge marks the earlier copies of a
+    /// duplicate with it. JIT
     /// compilation is off for the import's transaction: the planner's estimates for a large
     /// batch pass the JIT thresholds, and compiling (a second or more) never paid back here
     /// (BENCHMARKS.md).
@@ -218,6 +220,7 @@ public final class Importer {
         create temp table if not exists idmerge_stage (
             pos bigint not null,
             time_ms bigint,
+            superseded boolean not null default false,
             refused_reason text,
             event text,
             insert_id text,
