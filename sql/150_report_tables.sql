@@ -27,13 +27,15 @@ language sql immutable parallel safe as $$
     select array['time', '$insert_id', 'distinct_id', '$device_id', '$user_id', 'token']
 $$;
 
--- A timeline key (report_person_events.person_keys): the event name's position in the
--- person's sorted names, less one, times 2^42, plus the epoch milliseconds (below 2^42
+-- A timeline key (report_person_events.person_keys): the event name's number
+-- (report_event_names.id, below 2^21) times 2^42, plus the epoch milliseconds (below 2^42
 -- until the year 2109; imports refuse times more than an hour ahead).
-create or replace function idmerge.report_timeline_key(p_names text[], p_event text, p_ms bigint)
+drop function if exists idmerge.report_timeline_key(text[], text, bigint);
+
+create or replace function idmerge.report_timeline_key(p_name_id integer, p_ms bigint)
 returns bigint
 language sql immutable parallel safe as $$
-    select (array_position(p_names, p_event) - 1)::bigint * 4398046511104 + p_ms
+    select p_name_id::bigint * 4398046511104 + p_ms
 $$;
 
 -- The ingested distinct_ids whose events may resolve, or be, otherwise than at as_of_seq:
@@ -236,6 +238,7 @@ begin
     drop table if exists pg_temp.idmerge_report_events;
     if full_rebuild then
         delete from idmerge.report_person_ids where project_id = p_project_id;
+        update idmerge.report_event_names as n set people = 0 where n.project_id = p_project_id;
         delete from idmerge.report_person_events where project_id = p_project_id;
         delete from idmerge.report_person_props where project_id = p_project_id;
         create temp table idmerge_report_events on commit drop as
@@ -259,6 +262,15 @@ begin
             returning distinct_id
         )
         select count(distinct gone.distinct_id) into people_gone from gone;
+        -- report_event_names.people: less the rows about to go.
+        update idmerge.report_event_names as n set people = n.people - d.rows
+        from (
+            select r.event, count(*) as rows
+            from idmerge.report_person_events as r
+            where r.project_id = p_project_id and r.distinct_id = any(stale)
+            group by r.event
+        ) as d
+        where n.project_id = p_project_id and n.event = d.event;
         delete from idmerge.report_person_events where project_id = p_project_id and distinct_id = any(stale);
         delete from idmerge.report_person_props where project_id = p_project_id and distinct_id = any(stale);
         -- What follows reads the small temp table of their events: back to the planner's own
@@ -270,24 +282,27 @@ begin
     select distinct p_project_id, e.ingested_distinct_id, e.distinct_id
     from pg_temp.idmerge_report_events as e;
 
+    -- Number the names not seen before (after the numbers given), then each person's
+    -- timeline: their events' keys, sorted.
+    insert into idmerge.report_event_names (project_id, event, id)
+    select p_project_id, n.event,
+           (select coalesce(max(x.id), -1) from idmerge.report_event_names as x where x.project_id = p_project_id)
+           + row_number() over (order by n.event)
+    from (select distinct e.event from pg_temp.idmerge_report_events as e) as n
+    where not exists (
+        select 1 from idmerge.report_event_names as x where x.project_id = p_project_id and x.event = n.event);
+
     drop table if exists pg_temp.idmerge_report_timelines;
     create temp table idmerge_report_timelines on commit drop as
-    with names as (
-        select e.distinct_id, array_agg(distinct e.event order by e.event) as person_events
-        from pg_temp.idmerge_report_events as e
-        group by e.distinct_id
-    )
-    select k.distinct_id, k.person_events, array_agg(k.key order by k.key) as person_keys
-    from (
-        select n.distinct_id, n.person_events, idmerge.report_timeline_key(n.person_events, e.event, e.ms) as key
-        from pg_temp.idmerge_report_events as e
-        inner join names as n on n.distinct_id = e.distinct_id
-    ) as k
-    group by k.distinct_id, k.person_events;
+    select e.distinct_id, array_agg(idmerge.report_timeline_key(n.id, e.ms) order by idmerge.report_timeline_key(n.id, e.ms))
+               as person_keys
+    from pg_temp.idmerge_report_events as e
+    inner join idmerge.report_event_names as n on n.project_id = p_project_id and n.event = e.event
+    group by e.distinct_id;
 
     insert into idmerge.report_person_events
-        (project_id, event, distinct_id, first_ms, times, seqs, person_events, person_keys)
-    select p_project_id, g.event, g.distinct_id, g.first_ms, g.times, g.seqs, t.person_events, t.person_keys
+        (project_id, event, distinct_id, first_ms, times, seqs, person_keys)
+    select p_project_id, g.event, g.distinct_id, g.first_ms, g.times, g.seqs, t.person_keys
     from (
         select e.event, e.distinct_id, min(e.ms) as first_ms,
                array_agg(e.ms order by e.ms, e.seq) as times, array_agg(e.seq order by e.ms, e.seq) as seqs
@@ -296,6 +311,14 @@ begin
     ) as g
     inner join pg_temp.idmerge_report_timelines as t on t.distinct_id = g.distinct_id
     order by g.event, g.distinct_id;
+    -- report_event_names.people: plus the rows written (one per event name and person).
+    update idmerge.report_event_names as n set people = n.people + g.rows
+    from (
+        select e.event, count(distinct e.distinct_id) as rows
+        from pg_temp.idmerge_report_events as e
+        group by e.event
+    ) as g
+    where n.project_id = p_project_id and n.event = g.event;
     drop table pg_temp.idmerge_report_timelines;
 
     insert into idmerge.report_person_props (project_id, key, distinct_id, times, seqs, vals)

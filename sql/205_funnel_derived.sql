@@ -16,11 +16,18 @@
 --     and at most the window's end. Steps have distinct names, so no event can fill two
 --     steps and ingest seq never decides which time is taken.
 -- Each row of report_person_events carries its person's whole timeline (person_keys: the
--- times of each event name as one sorted run, offset by the name's position times 2^42), so
--- step k's count reads the rows of step k's event alone, one per person, with no join:
--- "the earliest time of name c at or after b" is one binary search, width_bucket(c * 2^42 +
--- b - 1, person_keys) counting the keys below it (times are whole milliseconds). A key of a
--- later name, or none, yields a time of 2^42 or more, or null: past any window.
+-- times of each event name as one sorted run, offset by the name's number in
+-- report_event_names times 2^42), so the steps are computed from the rows of step 2's event
+-- alone, one per person, with no join (whoever reaches any step after the first has a step-2
+-- event): "the earliest time of name c at or after b" is one binary search,
+-- width_bucket(c * 2^42 + b - 1, person_keys) counting the keys below it (times are whole
+-- milliseconds). A key of a later name, or none, yields a time of 2^42 or more, or null:
+-- never in the window. One pass computes every step's chain and one
+-- aggregate every step's count and times to convert.
+--
+-- The engine (a PL/pgSQL function, parallel unsafe) runs first, for the stale people alone,
+-- and its attempts are passed to the query as arrays, so the query over the derived rows can
+-- use parallel workers (functions it calls are parallel safe).
 
 create or replace function idmerge.funnel_derived(
     p_project_id integer,
@@ -42,6 +49,13 @@ returns table (
 language plpgsql stable
 set plan_cache_mode = force_custom_plan
 set jit = off
+-- Parallel workers for the step-2 rows, read by a bitmap scan: in the heap they lie together
+-- (written in (event, person) order), so reading them by an index in another order, or the
+-- whole table, costs more than the planner thinks.
+set parallel_setup_cost = 100
+set parallel_tuple_cost = 0.01
+set enable_seqscan = off
+set enable_indexscan = off
 as $$
 declare
     steps_count integer := cardinality(p_steps);
@@ -51,23 +65,52 @@ declare
     window_ms double precision := p_window_seconds * 1000;
     grace_ms double precision := p_grace_seconds * 1000;
     block constant bigint := 4398046511104;  -- 2^42
+    blocks bigint[];
+    engine_reached integer[];
+    engine_seconds double precision[];
+    engine_entries bigint := 0;
+    engine_in_progress bigint := 0;
     sql text;
     entries text;
     open_entries text;
     chain text;
-    reached text;
-    steps_sql text := '';
+    expr text;
+    rows_sql text;
+    aggregates text;
+    per_step text;
     j integer;
-    k integer;
 begin
     newest_ms := idmerge.report_newest_ms(p_project_id);
+    -- Each step's block of timeline keys: its name's number times 2^42 (null for a name the
+    -- tables never saw: no one has such an event).
+    select array_agg(n.id::bigint * block order by s.k) into blocks
+    from unnest(p_steps) with ordinality as s (name, k)
+    left join idmerge.report_event_names as n on n.project_id = p_project_id and n.event = s.name;
+
+    -- The stale people, through the engine over the live view: their attempts' reached step
+    -- and times between steps (one row of steps_count values per attempt).
+    if cardinality(p_skip) > 0 then
+        select coalesce(array_agg(a.reached), '{}'), array_agg(a.step_seconds), count(*),
+               count(*) filter (where a.in_progress)
+            into engine_reached, engine_seconds, engine_entries, engine_in_progress
+        from idmerge.funnel_attempts(
+            (select name from idmerge.projects where id = p_project_id), p_steps, p_window_seconds, p_from_date,
+            p_to_date, 'uniques', 'specific', '[]', null, null, 'step1', p_grace_seconds, p_skip) as a
+        where a.counts_overall;
+    end if;
 
     -- Entries: people with a step-1 event in the date range; open: their window is still
     -- open at the newest event ($8). Read from the step-1 rows' own times.
+    -- All time: everyone with a step-1 row (report_event_names counts them) but the
+    -- skipped people.
     if from_ms is null and to_ms is null then
-        entries := 'select count(*) from idmerge.report_person_events as r
-            where r.project_id = $1 and r.event = $2[1] and r.distinct_id <> all($3)';
-        open_entries := entries || ' and r.first_ms >= ceil($8 - $6)::bigint';
+        entries := 'coalesce((select n.people from idmerge.report_event_names as n
+                                 where n.project_id = $1 and n.event = $2[1]), 0)
+            - (select count(*) from idmerge.report_person_events as r
+               where r.project_id = $1 and r.event = $2[1] and r.distinct_id = any($3))';
+        open_entries := 'select count(*) from idmerge.report_person_events as r
+            where r.project_id = $1 and r.event = $2[1] and r.distinct_id <> all($3)
+                and r.first_ms >= ceil($8 - $6)::bigint';
     else
         entries := 'select q.t1
             from (
@@ -80,58 +123,75 @@ begin
         entries := 'select count(*) from (' || entries || ') as e';
     end if;
 
-    -- Step j >= 2: the rows of step j's event; m1 the entry time, mk the step-k time.
-    for j in 2 .. steps_count loop
-        chain := format(
-            'select r.person_keys as keys, r.person_keys[width_bucket(c.c1 * %1$s + coalesce($4::bigint, 0) - 1, r.person_keys) + 1] - c.c1 * %1$s as m1,
-                    c.*
-             from idmerge.report_person_events as r
-             cross join lateral (select %2$s) as c
-             where r.project_id = $1 and r.event = $2[%3$s] and r.distinct_id <> all($3)
-             offset 0',
-            block,
-            (select string_agg(format('array_position(r.person_events, $2[%1$s])::bigint - 1 as c%1$s', i), ', ')
-             from generate_series(1, j) as i),
-            j);
-        for k in 2 .. j loop
-            chain := format(
-                'select q.*, q.keys[width_bucket(q.c%1$s * %2$s + ceil(q.m%3$s - $7)::bigint - 1, q.keys) + 1] - q.c%1$s * %2$s as m%1$s
-                 from (%4$s) as q
-                 offset 0',
-                k, block, k - 1, chain);
+    if steps_count = 1 then
+        per_step := 'select 1 as step, 0::bigint as count, null::double precision as median,
+                            null::double precision as average where false';
+        open_entries := '0';
+        aggregates := 'select 0::bigint as open';
+    else
+        -- The chain over the step-2 rows: m1 the entry time, mk the step-k time ($13[k]: step
+        -- k's block of keys). The first four are computed by one projection, each expression
+        -- nesting the one before (a few more searches, but all in the scan, which parallel
+        -- workers run: the planner keeps subquery levels above the Gather, in the leader);
+        -- each later step adds a subquery level.
+        expr := '(r.person_keys[width_bucket($13[1] + coalesce($4::bigint, 0) - 1, r.person_keys) + 1] - $13[1])';
+        chain := expr || ' as m1';
+        for j in 2 .. least(steps_count, 4) loop
+            expr := format(
+                '(r.person_keys[width_bucket($13[%1$s] + ceil(%2$s - $7)::bigint - 1, r.person_keys) + 1] - $13[%1$s])',
+                j, expr);
+            chain := chain || ', ' || expr || ' as m' || j;
         end loop;
-        reached := format('q.m1 < coalesce($5::bigint, %s)', block)
-            || (select string_agg(format(' and q.m%s <= q.m1 + $6', i), '') from generate_series(2, j) as i);
-        -- Step j's count, times to convert and converted open entries, the stale people's
-        -- attempts (the engine) included: one aggregate per step, no sort across steps.
-        steps_sql := steps_sql || case when j = 2 then '' else '
-            union all' end || format('
-            select %1$s as step, count(*) as count,
-                   percentile_cont(0.5) within group (order by x.seconds) as median,
-                   avg(x.seconds) as average, count(*) filter (where x.open) as open
-            from (
-                select ((q.m%1$s - q.m%2$s) / 1000.0)::double precision as seconds, q.m1 + $6 >= $8 as open
-                from (%3$s) as q
-                where %4$s
+        chain := 'select ' || case when steps_count > 4 then 'r.person_keys as keys, ' else '' end || chain || '
+             from idmerge.report_person_events as r
+             where r.project_id = $1 and r.event = $2[2] and r.distinct_id <> all($3)
+             offset 0';
+        for j in 5 .. steps_count loop
+            chain := format(
+                'select q.*, q.keys[width_bucket($13[%1$s] + ceil(q.m%2$s - $7)::bigint - 1, q.keys) + 1] - $13[%1$s] as m%1$s
+                 from (%3$s) as q
+                 offset 0',
+                j, j - 1, chain);
+        end loop;
+        -- One row per derived person with a step-2 event, then one per engine attempt:
+        -- rk whether step k was reached, sk the seconds from step k-1, open whether the
+        -- window is still open (engine attempts count their own in_progress).
+        rows_sql := format('select %s, q.m1 + $6 >= $8 as open from (%s) as q',
+            (select string_agg(format(
+                'q.m1 < coalesce($5::bigint, %1$s)%2$s as r%3$s, (q.m%3$s - q.m%4$s)::double precision / 1000 as s%3$s',
+                block,
+                (select string_agg(format(' and q.m%s <= q.m1 + $6', i), '') from generate_series(2, k) as i),
+                k, k - 1), ', ')
+             from generate_series(2, steps_count) as k),
+            chain);
+        if cardinality(p_skip) > 0 then
+            rows_sql := rows_sql || format('
                 union all
-                select e.step_seconds[%1$s], false from engine as e where e.reached >= %1$s
-            ) as x',
-            j, j - 1, chain, reached);
-    end loop;
+                select %s, false from generate_subscripts($9, 1) as i',
+                (select string_agg(format('$9[i] >= %1$s, $10[i][%1$s]', k), ', ')
+                 from generate_series(2, steps_count) as k));
+        end if;
+        aggregates := format('select %s, count(*) filter (where x.r%s and x.open) as open from (%s) as x',
+            (select string_agg(format(
+                'count(*) filter (where x.r%1$s) as count%1$s,
+                 percentile_cont(0.5) within group (order by x.s%1$s) filter (where x.r%1$s) as median%1$s,
+                 avg(x.s%1$s) filter (where x.r%1$s) as average%1$s', k), ', ')
+             from generate_series(2, steps_count) as k),
+            steps_count, rows_sql);
+        per_step := 'select v.* from aggregated as a cross join lateral (values '
+            || (select string_agg(format('(%1$s, a.count%1$s, a.median%1$s, a.average%1$s)', k), ', ')
+                from generate_series(2, steps_count) as k)
+            || ') as v (step, count, median, average)';
+    end if;
 
     sql := format('
-        with engine as (
-            select a.reached, a.in_progress, a.step_seconds
-            from idmerge.funnel_attempts(
-                $9, $2, $10, $11, $12, ''uniques'', ''specific'', ''[]'', null, null, ''step1'', $13, $3) as a
-            where a.counts_overall
+        with aggregated as (%1$s
         ),
-        per_step as (%1$s
+        per_step as (%2$s
         ),
         entered as (
-            select (%2$s) + (select count(*) from engine) as count,
-                   (%3$s) - coalesce((select per_step.open from per_step where per_step.step = %4$s), 0)
-                   + (select count(*) from engine where engine.in_progress) as in_progress
+            select (%3$s) + $11 as count,
+                   (%4$s) - (select aggregated.open from aggregated) + $12 as in_progress
         )
         select k, $2[k], case when k = 1 then entered.count else coalesce(per_step.count, 0) end,
                entered.in_progress, per_step.median, per_step.average
@@ -139,17 +199,11 @@ begin
         cross join entered
         left join per_step on per_step.step = k
         order by k',
-        case when steps_count = 1
-            then 'select 1 as step, 0::bigint as count, null::double precision as median,
-                         null::double precision as average, 0::bigint as open where false'
-            else steps_sql
-        end,
-        entries, case when steps_count = 1 then '0' else open_entries end, steps_count);
+        aggregates, per_step, entries, open_entries);
 
     return query execute sql
         using p_project_id, p_steps, coalesce(p_skip, '{}'), from_ms, to_ms, window_ms, grace_ms, newest_ms,
-              (select name from idmerge.projects where id = p_project_id), p_window_seconds, p_from_date, p_to_date,
-              p_grace_seconds;
+              engine_reached, engine_seconds, engine_entries, engine_in_progress, blocks;
 end
 $$;
 

@@ -217,8 +217,8 @@ begin
         from derived_conversions as c
     ),
     -- hi: hi0 less the touches at the conversion's own time with a later seq (ties by seq).
-    -- Not materialized, so each path below reads the bounds straight, without a copy of the
-    -- arrays.
+    -- (Models other than first and last touch; those two read the derived tables through
+    -- idmerge.attribution_derived, below.)
     derived_ends as not materialized (
         select
             b.*,
@@ -241,19 +241,6 @@ begin
             b.hi
         from derived_ends as b
         where p_model not in ('first-touch', 'last-touch')
-    ),
-    -- First and last touch credit one element of the slice, read straight from the bounds
-    -- (no materialized copy of the arrays); the other models weigh each touch.
-    derived_single as (
-        select
-            b.amount,
-            case when b.hi >= b.lo
-                then b.vals[case when p_model = 'first-touch' then b.lo else b.hi end] #>> '{}'
-                else '(not set)'
-            end as touch_value,
-            1.0::double precision as weight
-        from derived_ends as b
-        where p_model in ('first-touch', 'last-touch')
     ),
     derived_direct as (
         select s.amount, '(not set)'::text as touch_value, 1.0::double precision as weight
@@ -315,7 +302,14 @@ begin
         union all
         select touch_value, weight, weight * amount from derived_direct
         union all
-        select touch_value, weight, weight * amount from derived_single
+        -- First and last touch over the derived people: one element of each slice, summed per
+        -- touchpoint value by a query of its own (sql/215_attribution_derived.sql), which can
+        -- use parallel workers.
+        select d.touchpoint, d.conversions, d.value
+        from idmerge.attribution_derived(
+            project_id_value, p_conversion, p_touchpoint, p_value, p_model = 'last-touch', p_lookback_seconds,
+            p_per_user, from_ms, to_ms, stale) as d
+        where stale is not null and p_model in ('first-touch', 'last-touch')
     ),
     per_touchpoint as (
         select touch_value, sum(weight) as conversions, sum(credited_value) as value

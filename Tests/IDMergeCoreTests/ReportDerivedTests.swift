@@ -63,6 +63,7 @@ struct ReportDerivedTests {
                             sawDerivedTables = true
                             if stale > 0 { sawStalePeople = true }
                         }
+                        try checkEventNames(project: project, on: db, context: context)
                         try checkFunnel(current, project: project, on: db, context: context)
                         try checkAttribution(current, project: project, on: db, context: context)
                     }
@@ -97,6 +98,28 @@ struct ReportDerivedTests {
         }
     }
 
+    /// report_event_names counts the rows of report_person_events of each name (an all-time
+    /// funnel's entries), and numbers every name they hold.
+    func checkEventNames(project: Project, on db: Connection, context: String) throws {
+        let wrong: Int = try db.query(
+            """
+            select count(*) as n
+            from (
+                select n.event from idmerge.report_event_names as n
+                where n.project_id = $1
+                    and n.people <> (select count(*) from idmerge.report_person_events as r
+                                     where r.project_id = n.project_id and r.event = n.event)
+                union all
+                select distinct r.event from idmerge.report_person_events as r
+                where r.project_id = $1
+                    and not exists (select 1 from idmerge.report_event_names as n
+                                    where n.project_id = r.project_id and n.event = r.event)
+            ) as x
+            """, [project.id]
+        ).first!.decode("n")
+        #expect(wrong == 0, "\(context): report_event_names")
+    }
+
     func checkAttribution(_ stream: RandomStream, project: Project, on db: Connection, context: String) throws {
         for model in AttributionQuery.Model.allCases {
             var query = AttributionQuery(conversion: "C", touchpoint: "src")
@@ -114,6 +137,46 @@ struct ReportDerivedTests {
             }
             for (key, row) in actual where (expected[key]?.0 ?? 0) < 1e-12 {
                 #expect(row.conversions < 1e-9, "\(context) \(model) unexpected \(key)")
+            }
+        }
+    }
+
+    /// Funnels of five and six steps (past the four whose times the fast path computes in one
+    /// projection, each later step a subquery level): equal to brute force and to the engine,
+    /// with stale people and without.
+    @Test func longFunnelsMatchTheEngine() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let names = ["A", "B", "C", "D", "E", "F"]
+            for seed in UInt64(51)...53 {
+                let stream = RandomStream(seed: seed, people: 60, names: names)
+                let project = try Projects.create(name: "long\(seed)", mode: .simplified, on: db).project
+                let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+                let objects = stream.objects()
+                let cut = objects.count / 2
+                _ = try importer.importBytes(try ndjson(Array(objects[..<cut])), name: "first half")
+                _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+                _ = try importer.importBytes(try ndjson(Array(objects[cut...])), name: "second half")
+                for phase in ["with stale people", "after nightly"] {
+                    if phase == "after nightly" {
+                        _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+                    }
+                    let context = "seed \(seed) \(phase)"
+                    for steps in [["A", "B", "C", "D", "E"], ["F", "E", "D", "C", "B", "A"]] {
+                        var query = FunnelQuery(steps: steps)
+                        query.windowSeconds = 86400
+                        let expected = bruteForceFunnel(stream, steps: steps, window: 86400, grace: 2, breakdown: false)
+                        let report = try FunnelReport.run(query, project: project, on: db)
+                        #expect(report.steps.map(\.count) == expected.overall, "\(context): \(steps)")
+                        let shape = "array['" + steps.joined(separator: "', '") + "'], p_window_seconds => 86400"
+                        let fast = try funnelRows(db, shape, project: project.name)
+                        let engine = try funnelRows(
+                            db, shape + ", p_exclusions => '[{\"event\": \"never happens\"}]'", project: project.name)
+                        #expect(fast == engine, "\(context): \(steps)")
+                    }
+                    try checkEventNames(project: project, on: db, context: context)
+                }
             }
         }
     }
@@ -212,7 +275,7 @@ struct ReportDerivedTests {
             let digest = """
                 select
                     (select md5(string_agg(x::text, '|' order by x::text)) from (
-                        select event, distinct_id, first_ms, times, seqs, person_events, person_keys
+                        select event, distinct_id, first_ms, times, seqs, person_keys
                         from idmerge.report_person_events where project_id = $1) as x) as events,
                     (select md5(string_agg(x::text, '|' order by x::text)) from (
                         select key, distinct_id, times, seqs, vals
@@ -221,7 +284,9 @@ struct ReportDerivedTests {
                         select ingested_distinct_id, distinct_id
                         from idmerge.report_person_ids where project_id = $1) as x) as ids,
                     (select concat_ws(',', as_of_seq, people, newest_ms)
-                        from idmerge.report_state where project_id = $1) as state
+                        from idmerge.report_state where project_id = $1) as state,
+                    (select string_agg(concat_ws(',', event, id, people), '|' order by id)
+                        from idmerge.report_event_names where project_id = $1) as names
                 """
             let incremental = try db.query(digest, [project.id]).first!
             try db.transaction { db in
@@ -229,7 +294,7 @@ struct ReportDerivedTests {
                 _ = try db.query("select * from idmerge.refresh_report_tables($1, true)", [project.id])
             }
             let full = try db.query(digest, [project.id]).first!
-            for column in ["events", "props", "ids", "state"] {
+            for column in ["events", "props", "ids", "state", "names"] {
                 #expect(incremental[column] == full[column], "\(column)")
             }
             // Nothing changed since: the refresh rewrites no one and leaves the tables as they are
@@ -241,7 +306,7 @@ struct ReportDerivedTests {
             }
             #expect(idle.0 == 0 && !idle.1)
             let after = try db.query(digest, [project.id]).first!
-            for column in ["events", "props", "ids", "state"] {
+            for column in ["events", "props", "ids", "state", "names"] {
                 #expect(after[column] == full[column], "\(column) after a refresh with nothing to do")
             }
         }
