@@ -45,6 +45,7 @@ returns table (id text)
 language plpgsql stable
 set plan_cache_mode = force_custom_plan
 set enable_seqscan = off
+set max_parallel_workers_per_gather = 0
 as $$
 begin
     return query
@@ -94,12 +95,14 @@ $$;
 -- found on the BRIN index on seq, and the changed ids' rows by index (`= any(changed)`
 -- probes the events' and report_person_ids' indexes once per id). Sequential scans are off
 -- for this function because, for a few thousand ids, the planner prices those probes above
--- a scan of every event (it took 0.6 s instead of 0.07 s at 1M events for 2,700 ids).
+-- a scan of every event (it took 0.6 s instead of 0.07 s at 1M events for 2,700 ids), and
+-- parallel workers are too: they take longer to start than such reads take.
 create or replace function idmerge.report_stale_people(p_project_id integer)
 returns text[]
 language plpgsql stable
 set plan_cache_mode = force_custom_plan
 set enable_seqscan = off
+set max_parallel_workers_per_gather = 0
 as $$
 declare
     as_of bigint;
@@ -134,6 +137,7 @@ create or replace function idmerge.report_people_ids(p_project_id integer, p_peo
 returns text[]
 language sql stable
 set enable_seqscan = off
+set max_parallel_workers_per_gather = 0
 as $$
     with state as (
         select as_of_seq from idmerge.report_state where project_id = p_project_id
@@ -151,8 +155,9 @@ as $$
 $$;
 
 -- The live events of p_people (all people when p_people is null), with the live view's
--- columns that reports read. For a list of people, their ids' events are read by index
--- (sequential scans off, as in report_stale_people); for all people, by a scan.
+-- columns that reports read. For a list of people, their ids' events are read by index and
+-- serially (as in report_stale_people); for all people, by a (serial) scan: reports that
+-- read everyone scan the live view themselves.
 drop function if exists idmerge.report_people_events(integer, text[]);
 
 create or replace function idmerge.report_people_events(p_project_id integer, p_people text[])
@@ -167,6 +172,7 @@ returns table (
 language plpgsql stable
 set plan_cache_mode = force_custom_plan
 set enable_seqscan = off
+set max_parallel_workers_per_gather = 0
 as $$
 #variable_conflict use_column
 declare
@@ -208,8 +214,13 @@ as $$
 #variable_conflict use_column
 declare
     stale text[];
+    changed text[];
+    as_of bigint;
     total bigint;
     people_gone bigint := 0;
+    -- The caller's setting: the few-people reads below run serially (parallel workers take
+    -- longer to start than those index reads take).
+    parallel_workers constant text := current_setting('max_parallel_workers_per_gather');
     snapshot_seq bigint;
     excluded_keys constant text[] := idmerge.report_excluded_keys();
 begin
@@ -221,8 +232,37 @@ begin
     if snapshot_seq is null then
         raise exception 'no project with id %', p_project_id using errcode = 'invalid_parameter_value';
     end if;
-    select s.people into total from idmerge.report_state as s where s.project_id = p_project_id;
-    stale := idmerge.report_stale_people(p_project_id);
+    select s.people, s.as_of_seq into total, as_of from idmerge.report_state as s where s.project_id = p_project_id;
+
+    -- The stale people, as report_stale_people finds them (the same rule), but keeping the
+    -- changed ids' live events, which the refresh reads anyway: the changed ids are found
+    -- once and their events read once. By index (sequential scans off; restored below, and
+    -- at exit by the SET clause above): a few thousand ids, which the planner would price
+    -- above a scan of every event.
+    drop table if exists pg_temp.idmerge_report_changed_events;
+    if as_of is not null and not p_full then
+        changed := array(select c.id from idmerge.report_changed_ids(p_project_id, as_of) as c);
+    end if;
+    -- So many changed ids that most people are likely stale: rebuild everything, without
+    -- reading their events by index first.
+    if changed is not null and cardinality(changed) <= greatest(total / 4, 10000) then
+        perform set_config('enable_seqscan', 'off', true);
+        perform set_config('max_parallel_workers_per_gather', '0', true);
+        create temp table idmerge_report_changed_events on commit drop as
+        select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
+               r.properties
+        from idmerge.resolved_events as r
+        where r.project_id = p_project_id and r.ingested_distinct_id = any(changed);
+        stale := array(
+            select i.distinct_id
+            from idmerge.report_person_ids as i
+            where i.project_id = p_project_id and i.ingested_distinct_id = any(changed)
+            union
+            select c.distinct_id from pg_temp.idmerge_report_changed_events as c
+            order by 1);
+        perform set_config('enable_seqscan', 'on', true);
+        perform set_config('max_parallel_workers_per_gather', parallel_workers, true);
+    end if;
     full_rebuild := p_full or stale is null or cardinality(stale) > greatest(total / 4, 10000);
 
     -- Nothing changed since as_of_seq (in this snapshot): the tables already are the live
@@ -247,14 +287,29 @@ begin
         from idmerge.resolved_events as r
         where r.project_id = p_project_id;
     else
-        -- A few people: their rows by index (the planner would scan the tables for a few
-        -- thousand people; restored at exit by the SET clause above).
+        -- A few people: their rows by index and serially (the planner would scan the tables
+        -- for a few thousand people; restored below).
         perform set_config('enable_seqscan', 'off', true);
-        -- Read the stale people's events first: finding them reads report_person_ids.
+        perform set_config('max_parallel_workers_per_gather', '0', true);
+        -- Read the stale people's events first: finding them reads report_person_ids. Those
+        -- of changed ids are read already (every one belongs to a stale person); the others
+        -- are unchanged since as_of_seq, so their ids are those report_person_ids holds for
+        -- the stale people (report_people_ids: the same rule).
         create temp table idmerge_report_events on commit drop as
+        select c.distinct_id, c.ingested_distinct_id, c.event, c.ms, c.seq, c.properties
+        from pg_temp.idmerge_report_changed_events as c
+        union all
         select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
                r.properties
-        from idmerge.report_people_events(p_project_id, stale) as r;
+        from idmerge.resolved_events as r
+        where r.project_id = p_project_id
+            and r.ingested_distinct_id = any(array(
+                select i.ingested_distinct_id
+                from idmerge.report_person_ids as i
+                where i.project_id = p_project_id and i.distinct_id = any(stale)
+                except
+                select unnest(changed)))
+            and r.distinct_id = any(stale);
         -- The people leaving the tables, counted as they go (report_state.people moves by
         -- the difference, never by a recount of every person).
         with gone as (
@@ -276,6 +331,7 @@ begin
         -- What follows reads the small temp table of their events: back to the planner's own
         -- choice (off, it would price every plan of it as a disabled scan).
         perform set_config('enable_seqscan', 'on', true);
+        perform set_config('max_parallel_workers_per_gather', parallel_workers, true);
     end if;
 
     insert into idmerge.report_person_ids (project_id, ingested_distinct_id, distinct_id)
@@ -347,6 +403,7 @@ begin
         as_of_seq = excluded.as_of_seq, built_at = excluded.built_at, people = excluded.people,
         newest_ms = excluded.newest_ms;
     drop table pg_temp.idmerge_report_events;
+    drop table if exists pg_temp.idmerge_report_changed_events;
     return next;
 end
 $$;
