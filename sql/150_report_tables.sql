@@ -77,7 +77,10 @@ declare
     newest bigint;
     since bigint;
 begin
-    select s.as_of_seq, s.newest_ms into as_of, newest from idmerge.report_state as s where s.project_id = p_project_id;
+    -- A standby cannot read the (unlogged) derived tables: scan there.
+    if not pg_is_in_recovery() then
+        select s.as_of_seq, s.newest_ms into as_of, newest from idmerge.report_state as s where s.project_id = p_project_id;
+    end if;
     if as_of is null then
         return (select idmerge.report_ms(max(e.time)) from idmerge.events as e where e.project_id = p_project_id);
     end if;
@@ -89,7 +92,8 @@ end
 $$;
 
 -- The people the derived tables hold stale, or null when the project has no derived tables
--- (then every person is read from the live view). Sorted, without duplicates.
+-- (then every person is read from the live view), as after a crash, which empties them, and
+-- on a standby, which cannot read them (both: migrations/0008). Sorted, without duplicates.
 --
 -- Its cost follows the changed ids, not the tables: the events newer than as_of_seq are
 -- found on the BRIN index on seq, and the changed ids' rows by index (`= any(changed)`
@@ -109,6 +113,10 @@ declare
     changed text[];
     people text[];
 begin
+    -- A standby cannot read the derived tables (unlogged, migrations/0008): none, there.
+    if pg_is_in_recovery() then
+        return null;
+    end if;
     select s.as_of_seq into as_of from idmerge.report_state as s where s.project_id = p_project_id;
     if as_of is null then
         return null;
