@@ -74,4 +74,41 @@ struct ReportOutputTests {
                     == "touchpoint,conversions,value,share\n\"g,o\"\"o\nx\",1,1234567.5,1\n")
         }
     }
+
+    /// Values that no double holds (`1e400`, `12345678901234567890`) are valid JSON, and import
+    /// and profiles import store them; `idmerge activity` failed on such an event ("cannot be
+    /// decoded as JSONValue") and `cohort export` showed such a property as missing.
+    @Test func activityAndCohortExportKeepValuesNoDoubleHolds() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let values = #""huge":1e400,"big":12345678901234567890,"price":19.99"#
+            let event =
+                #"{"event":"E","properties":{"time":\#(Self.start),"distinct_id":"u1","$insert_id":"e1",\#(values)}}"#
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            #expect(try importer.importBytes(Array((event + "\n").utf8), name: "events").stored == 1)
+            let update = #"{"$distinct_id":"u1","$set":{\#(values)}}"#
+            let profiles = ProfileImporter(connection: db, project: project, logger: TestDatabase.logger)
+            _ = try profiles.importBytes(Array((update + "\n").utf8), name: "profiles")
+
+            let huge = "1" + String(repeating: "0", count: 400)
+            let feed = try ActivityFeed.run(project: project, id: "u1", limit: nil, on: db)
+            let activity = try ActivityFeed.render(feed.events, distinctId: feed.distinctId, as: .json)
+            for expected in [#""huge": \#(huge)"#, #""big": 12345678901234567890"#, #""price": 19.99"#] {
+                #expect(activity.contains(expected), "activity JSON lacks \(expected): \(activity.prefix(300))")
+            }
+
+            let export = CohortExport(event: "E", properties: ["huge", "big", "price", "absent"])
+            let members = try export.run(project: project, on: db)
+            #expect(
+                try export.render(members, as: .csv)
+                    == "distinct_id,user_id,device_ids,huge,big,price,absent\nu1,u1,,\(huge),12345678901234567890,19.99,\n"
+            )
+            #expect(
+                try export.render(members, as: .json)
+                    == #"[{"absent":null,"big":12345678901234567890,"device_ids":[],"distinct_id":"u1","huge":\#(huge),"#
+                    + #""price":19.99,"user_id":"u1"}]"# + "\n")
+        }
+    }
 }

@@ -264,6 +264,9 @@ indirect enum ReportJSON {
     case integer(Int)
     case real(Double)
     case null
+    /// JSON text written as is, such as a `jsonb` value as PostgreSQL sends it (exact, even
+    /// for numbers no double holds).
+    case raw(String)
 
     var text: String {
         var out = ""
@@ -303,6 +306,8 @@ indirect enum ReportJSON {
             out += "\(value)"
         case .null:
             out += "null"
+        case .raw(let text):
+            out += text
         }
     }
 
