@@ -11,8 +11,11 @@ public struct ActivityEvent: @unchecked Sendable {
     public var distinctId: String
     /// The id the event was ingested under (`$device:D1` for an anonymous event).
     public var ingestedDistinctId: String
-    /// The event's properties, as stored.
-    public var properties: JSONValue
+    /// The event's properties as stored: the `jsonb` text PostgreSQL sends, exact (numbers
+    /// such as `1e400` or `12345678901234567890` included, which no double holds).
+    public var propertiesJSON: String
+    /// The event's properties, parsed; nil when Foundation cannot hold a value (`1e400`).
+    public var properties: JSONValue? { JSONValue.decode(postgresText: propertiesJSON) }
 }
 
 /// A person's events, newest first: `idmerge activity ID`.
@@ -44,7 +47,7 @@ public enum ActivityFeed {
             ActivityEvent(
                 insertId: try row.decode("insert_id"), event: try row.decode("event"), time: try row.decode("time"),
                 distinctId: try row.decode("distinct_id"), ingestedDistinctId: try row.decode("ingested_distinct_id"),
-                properties: try row.decode("properties"))
+                propertiesJSON: try row.decode("properties"))
         }
         return (canonical, events)
     }
@@ -54,15 +57,16 @@ public enum ActivityFeed {
     public static func render(_ events: [ActivityEvent], distinctId: String, as format: OutputFormat) throws -> String {
         switch format {
         case .json:
-            let list: [[String: Any]] = events.map {
-                [
-                    "insert_id": $0.insertId, "event": $0.event, "time": $0.time, "distinct_id": $0.distinctId,
-                    "properties": $0.properties.object,
-                ]
-            }
-            let data = try JSONSerialization.data(
-                withJSONObject: list, options: [.sortedKeys, .withoutEscapingSlashes])
-            return String(decoding: data, as: UTF8.self) + "\n"
+            // Keys sorted; the properties as stored, so no value is lost to a double.
+            let list = ReportJSON.array(
+                events.map {
+                    .object([
+                        ("distinct_id", .string($0.distinctId)), ("event", .string($0.event)),
+                        ("insert_id", .string($0.insertId)), ("properties", .raw($0.propertiesJSON)),
+                        ("time", .string($0.time)),
+                    ])
+                })
+            return list.text + "\n"
         case .csv:
             var lines = ["time,event,distinct_id,sent_as,insert_id"]
             for e in events {

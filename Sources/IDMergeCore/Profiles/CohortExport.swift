@@ -9,9 +9,13 @@ public struct CohortMember: @unchecked Sendable {
     public var userId: String?
     /// Every device linked to the person, without the `$device:` prefix, sorted.
     public var deviceIds: [String]
-    /// The requested profile properties, in the order asked; nil when the profile lacks one
-    /// (or the person has no profile).
-    public var properties: [JSONValue?]
+    /// The requested profile properties, in the order asked, as the `jsonb` text PostgreSQL
+    /// sends (exact, even for numbers no double holds, such as `1e400`); nil when the profile
+    /// lacks one (or the person has no profile).
+    public var propertiesJSON: [String?]
+    /// The requested profile properties, parsed; nil when the profile lacks one, or when
+    /// Foundation cannot hold its value (`1e400`: read ``propertiesJSON``).
+    public var properties: [JSONValue?] { propertiesJSON.map { $0.flatMap { JSONValue.decode(postgresText: $0) } } }
 }
 
 /// The people who did an event, for another tool: `idmerge cohort export`.
@@ -67,9 +71,8 @@ public struct CohortExport {
             return CohortMember(
                 distinctId: try row.decode("distinct_id"), userId: try row.decode("user_id"),
                 deviceIds: (devices.object as? [String]) ?? [],
-                properties: properties.indices.map { index in
-                    guard index < values.count, let literal = values[index] as? String else { return nil }
-                    return JSONValue.decode(postgresText: literal)
+                propertiesJSON: properties.indices.map { index in
+                    index < values.count ? values[index] as? String : nil
                 })
         }
     }
@@ -81,23 +84,26 @@ public struct CohortExport {
     public func render(_ members: [CohortMember], as format: OutputFormat) throws -> String {
         switch format {
         case .json:
-            let list: [[String: Any]] = members.map { member in
-                var object: [String: Any] = [
-                    "distinct_id": member.distinctId, "user_id": member.userId ?? NSNull(),
-                    "device_ids": member.deviceIds,
-                ]
-                for (name, value) in zip(properties, member.properties) { object[name] = value?.object ?? NSNull() }
-                return object
-            }
-            let data = try JSONSerialization.data(
-                withJSONObject: list, options: [.sortedKeys, .withoutEscapingSlashes])
-            return String(decoding: data, as: UTF8.self) + "\n"
+            // Keys sorted; property values as stored, so no value is lost to a double.
+            let list = ReportJSON.array(
+                members.map { member in
+                    var object: [String: ReportJSON] = [
+                        "distinct_id": .string(member.distinctId),
+                        "user_id": member.userId.map(ReportJSON.string) ?? .null,
+                        "device_ids": .array(member.deviceIds.map(ReportJSON.string)),
+                    ]
+                    for (name, value) in zip(properties, member.propertiesJSON) {
+                        object[name] = value.map(ReportJSON.raw) ?? .null
+                    }
+                    return .object(object.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+                })
+            return list.text + "\n"
         case .csv, .table:
             var rows = [["distinct_id", "user_id", "device_ids"] + properties]
             for member in members {
                 rows.append(
                     [member.distinctId, member.userId ?? "", member.deviceIds.joined(separator: ";")]
-                        + member.properties.map(Self.cell))
+                        + member.propertiesJSON.map(Self.cell))
             }
             if format == .csv {
                 return rows.map { $0.map(ReportOutput.csvField).joined(separator: ",") }.joined(separator: "\n") + "\n"
@@ -110,11 +116,12 @@ public struct CohortExport {
         }
     }
 
-    /// A property value as one CSV cell: text as is, anything else as JSON; empty when missing.
-    static func cell(_ value: JSONValue?) -> String {
-        guard let value, !(value.object is NSNull) else { return "" }
-        if let text = value.object as? String { return text }
-        return value.text
+    /// A property value (its JSON text) as one CSV cell: text as is, anything else as JSON;
+    /// empty when missing or null.
+    static func cell(_ json: String?) -> String {
+        guard let json, json != "null" else { return "" }
+        if json.hasPrefix("\""), let text = JSONValue.decode(postgresText: json)?.object as? String { return text }
+        return json
     }
 }
 

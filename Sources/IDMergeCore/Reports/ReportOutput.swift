@@ -6,39 +6,47 @@ public enum OutputFormat: String, Sendable, CaseIterable {
     case table, csv, json
 }
 
-/// Renders reports. JSON follows interfaces.md exactly (keys sorted); CSV is RFC 4180; the
+/// Renders reports. JSON follows interfaces.md exactly (keys in its order, floats always with a
+/// fraction: ``ReportJSON``); CSV is RFC 4180; the
 /// table draws a bar per row with Unicode block characters.
 public enum ReportOutput {
     // MARK: Funnel
 
     public static func render(_ report: FunnelReport, as format: OutputFormat) throws -> String {
         switch format {
-        case .json: return try json(funnelObject(report))
+        case .json: return funnelObject(report).text + "\n"
         case .csv: return funnelCSV(report)
         case .table: return funnelTable(report)
         }
     }
 
-    static func funnelObject(_ report: FunnelReport) -> [String: Any] {
-        func steps(_ steps: [FunnelReport.Step]) -> [[String: Any]] {
-            steps.map { step in
-                [
-                    "event": step.event, "count": step.count, "conversion_rate": step.conversionRate,
-                    "median_seconds_to_convert": step.medianSecondsToConvert ?? NSNull(),
-                    "average_seconds_to_convert": step.averageSecondsToConvert ?? NSNull(),
-                ]
-            }
+    static func funnelObject(_ report: FunnelReport) -> ReportJSON {
+        func steps(_ steps: [FunnelReport.Step]) -> ReportJSON {
+            .array(
+                steps.map { step in
+                    .object([
+                        ("event", .string(step.event)), ("count", .integer(step.count)),
+                        ("conversion_rate", .real(step.conversionRate)),
+                        ("median_seconds_to_convert", step.medianSecondsToConvert.map(ReportJSON.real) ?? .null),
+                        ("average_seconds_to_convert", step.averageSecondsToConvert.map(ReportJSON.real) ?? .null),
+                    ])
+                })
         }
-        var object: [String: Any] = [
-            "steps": steps(report.steps),
-            "in_progress": report.inProgress,
-            "breakdown": report.breakdown.map { segment in
-                ["value": segment.value, "steps": steps(segment.steps), "in_progress": segment.inProgress]
-                    as [String: Any]
-            },
-        ]
-        object.merge(freshnessObject(report.freshness)) { $1 }
-        return object
+        return .object(
+            [
+                ("steps", steps(report.steps)),
+                ("in_progress", .integer(report.inProgress)),
+                (
+                    "breakdown",
+                    .array(
+                        report.breakdown.map { segment in
+                            .object([
+                                ("value", .string(segment.value)), ("steps", steps(segment.steps)),
+                                ("in_progress", .integer(segment.inProgress)),
+                            ])
+                        })
+                ),
+            ] + freshnessMembers(report.freshness))
     }
 
     static func funnelCSV(_ report: FunnelReport) -> String {
@@ -100,16 +108,31 @@ public enum ReportOutput {
     public static func render(_ report: AttributionReport, as format: OutputFormat) throws -> String {
         switch format {
         case .json:
-            var object: [String: Any] = [
-                "model": report.query.model.rawValue,
-                "lookback_seconds": report.query.lookbackSeconds,
-                "rows": report.rows.map {
-                    ["touchpoint": $0.touchpoint, "conversions": $0.conversions, "value": $0.value] as [String: Any]
-                },
-                "total": ["conversions": report.totalConversions, "value": report.totalValue],
-            ]
-            object.merge(freshnessObject(report.freshness)) { $1 }
-            return try json(object)
+            let lookback = report.query.lookbackSeconds
+            let object = ReportJSON.object(
+                [
+                    ("model", .string(report.query.model.rawValue)),
+                    (
+                        "lookback_seconds",
+                        lookback == lookback.rounded() && abs(lookback) < 1e15
+                            ? .integer(Int(lookback)) : .real(lookback)
+                    ),
+                    (
+                        "rows",
+                        .array(
+                            report.rows.map {
+                                .object([
+                                    ("touchpoint", .string($0.touchpoint)), ("conversions", .real($0.conversions)),
+                                    ("value", .real($0.value)),
+                                ])
+                            })
+                    ),
+                    (
+                        "total",
+                        .object([("conversions", .real(report.totalConversions)), ("value", .real(report.totalValue))])
+                    ),
+                ] + freshnessMembers(report.freshness))
+            return object.text + "\n"
         case .csv:
             var lines = ["touchpoint,conversions,value,share"]
             for row in report.rows {
@@ -145,11 +168,11 @@ public enum ReportOutput {
 
     // MARK: Shared pieces
 
-    static func freshnessObject(_ freshness: Freshness) -> [String: Any] {
+    static func freshnessMembers(_ freshness: Freshness) -> [(String, ReportJSON)] {
         [
-            "newest_event_at": freshness.newestEventAt.map(PostgresTimestamp.formatSeconds) ?? NSNull(),
-            "identity_as_of": freshness.identityAsOf.map(PostgresTimestamp.formatSeconds) ?? NSNull(),
-            "pending_links": freshness.pendingLinks,
+            ("newest_event_at", freshness.newestEventAt.map { .string(PostgresTimestamp.formatSeconds($0)) } ?? .null),
+            ("identity_as_of", freshness.identityAsOf.map { .string(PostgresTimestamp.formatSeconds($0)) } ?? .null),
+            ("pending_links", .integer(freshness.pendingLinks)),
         ]
     }
 
@@ -158,11 +181,6 @@ public enum ReportOutput {
         let asOf = freshness.identityAsOf.map(PostgresTimestamp.formatSeconds) ?? "never"
         return
             "newest event \(newest); identities live (nightly rewrite as of \(asOf), \(freshness.pendingLinks) links pending)\n"
-    }
-
-    static func json(_ object: [String: Any]) throws -> String {
-        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
-        return String(decoding: data, as: UTF8.self) + "\n"
     }
 
     /// Eight-step Unicode blocks: `███▍`.
@@ -194,9 +212,11 @@ public enum ReportOutput {
         return (value < 0 ? "-" : "") + out
     }
 
+    /// A number for CSV: whole values without a fraction, others in full (the shortest text
+    /// that reads back as the same double: `1234567.5`, not `1.23457e+06`).
     static func number(_ value: Double) -> String {
         if value == value.rounded() && abs(value) < 1e15 { return String(Int64(value)) }
-        return String(format: "%.6g", value)
+        return value.isFinite ? "\(value)" : ""
     }
 
     static func csvField(_ text: String) -> String {
@@ -230,5 +250,81 @@ extension PostgresTimestamp {
     public static func formatSeconds(_ date: Date) -> String {
         let text = format(date)
         return String(text.prefix(19)) + "Z"
+    }
+}
+
+/// JSON text for the reports, written in the order interfaces.md documents. Counts are
+/// integers; rates, seconds, conversions and values are always written with a fraction or an
+/// exponent (`1.0`, `0.5`, `50.0`), so a typed reader sees a float even when the value is
+/// whole.
+indirect enum ReportJSON {
+    case object([(String, ReportJSON)])
+    case array([ReportJSON])
+    case string(String)
+    case integer(Int)
+    case real(Double)
+    case null
+    /// JSON text written as is, such as a `jsonb` value as PostgreSQL sends it (exact, even
+    /// for numbers no double holds).
+    case raw(String)
+
+    var text: String {
+        var out = ""
+        write(to: &out)
+        return out
+    }
+
+    func write(to out: inout String) {
+        switch self {
+        case .object(let members):
+            out += "{"
+            for (index, member) in members.enumerated() {
+                if index > 0 { out += "," }
+                Self.writeString(member.0, to: &out)
+                out += ":"
+                member.1.write(to: &out)
+            }
+            out += "}"
+        case .array(let elements):
+            out += "["
+            for (index, element) in elements.enumerated() {
+                if index > 0 { out += "," }
+                element.write(to: &out)
+            }
+            out += "]"
+        case .string(let text):
+            Self.writeString(text, to: &out)
+        case .integer(let value):
+            out += String(value)
+        case .real(let value):
+            // JSON has no NaN or infinity.
+            guard value.isFinite else {
+                out += "null"
+                return
+            }
+            // Swift's shortest round-trip text: "1.0", "0.1", "1e-05", "1e+16" (all valid JSON).
+            out += "\(value)"
+        case .null:
+            out += "null"
+        case .raw(let text):
+            out += text
+        }
+    }
+
+    /// A JSON string: quotes, backslashes and control characters escaped, the rest as is.
+    static func writeString(_ text: String, to out: inout String) {
+        out += "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        out += "\""
     }
 }

@@ -31,6 +31,11 @@ struct CohortExportCommand: ParsableCommand {
     var properties: [String] = []
     @Option(help: "csv, json or table.") var output: OutputFormat = .csv
 
+    /// Bad options are usage errors (exit 64), found before connecting.
+    func validate() throws {
+        try usageError { try CohortExport(event: did, fromDate: from, toDate: to, properties: properties).validate() }
+    }
+
     func run() throws {
         try runReporting {
             let export = CohortExport(event: did, fromDate: from, toDate: to, properties: properties)

@@ -68,6 +68,18 @@ func runReporting<T>(_ body: () throws -> T) throws -> T {
     }
 }
 
+/// Runs a check of a command's options, turning what it throws into a usage error (exit 64,
+/// the message on standard error), so that bad options never reach the database.
+func usageError(_ check: () throws -> Void) throws {
+    do {
+        try check()
+    } catch let error as ValidationError {
+        throw error
+    } catch {
+        throw ValidationError("\(error)")
+    }
+}
+
 /// Exit codes documented in `idmerge --help` and the README.
 enum ExitCodes {
     static let refusedRecords = ExitCode(3)

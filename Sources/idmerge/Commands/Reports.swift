@@ -38,20 +38,33 @@ struct Funnel: ParsableCommand {
     @Option(help: "Steps this close in time may count in either order.") var grace: Duration = Duration(seconds: 2)
     @Option(help: "table, csv or json.") var output: OutputFormat = .table
 
+    /// The query the options ask, checked.
+    ///
+    /// - Throws: ``FunnelError`` naming the option and the reason.
+    func makeQuery() throws -> FunnelQuery {
+        var query = FunnelQuery(steps: steps)
+        query.windowSeconds = window.seconds
+        query.fromDate = from
+        query.toDate = to
+        query.counting = counting
+        query.order = order
+        query.exclusions = try exclude.map { try FunnelQuery.Exclusion(argument: $0) }
+        query.hold = hold
+        query.breakdown = breakdown
+        query.breakdownAttribution = breakdownAttribution
+        query.graceSeconds = grace.seconds
+        try query.validate()
+        return query
+    }
+
+    /// Bad options are usage errors (exit 64), found before connecting.
+    func validate() throws {
+        try usageError { _ = try makeQuery() }
+    }
+
     func run() throws {
         try runReporting {
-            var query = FunnelQuery(steps: steps)
-            query.windowSeconds = window.seconds
-            query.fromDate = from
-            query.toDate = to
-            query.counting = counting
-            query.order = order
-            query.exclusions = try exclude.map { try FunnelQuery.Exclusion(argument: $0) }
-            query.hold = hold
-            query.breakdown = breakdown
-            query.breakdownAttribution = breakdownAttribution
-            query.graceSeconds = grace.seconds
-            try query.validate()
+            let query = try makeQuery()
             let logger = connection.makeLogger()
             let db = try connection.connect(logger: logger, applicationName: "idmerge funnel")
             defer { db.close() }
@@ -91,23 +104,38 @@ struct Attribution: ParsableCommand {
     @Option(help: "Last UTC date (YYYY-MM-DD, inclusive) of conversions.") var to: String?
     @Option(help: "table, csv or json.") var output: OutputFormat = .table
 
+    /// The query the options ask, checked.
+    ///
+    /// - Throws: ``FunnelError`` naming the option and the reason.
+    func makeQuery() throws -> AttributionQuery {
+        var query = AttributionQuery(conversion: conversion, touchpoint: touchpoint)
+        query.valueProperty = value
+        query.model = model
+        query.lookbackSeconds = lookback.seconds
+        query.perUser = perUser
+        query.fromDate = from
+        query.toDate = to
+        if let weights {
+            let parts = weights.split(separator: ",", omittingEmptySubsequences: false).map {
+                Double($0.trimmingCharacters(in: .whitespaces))
+            }
+            guard parts.count == 3, parts.allSatisfy({ $0?.isFinite ?? false }) else {
+                throw FunnelError(message: "--weights must be three numbers FIRST,MIDDLE,LAST (percent)")
+            }
+            query.weights = parts.map { $0! }
+        }
+        try query.validate()
+        return query
+    }
+
+    /// Bad options are usage errors (exit 64), found before connecting.
+    func validate() throws {
+        try usageError { _ = try makeQuery() }
+    }
+
     func run() throws {
         try runReporting {
-            var query = AttributionQuery(conversion: conversion, touchpoint: touchpoint)
-            query.valueProperty = value
-            query.model = model
-            query.lookbackSeconds = lookback.seconds
-            query.perUser = perUser
-            query.fromDate = from
-            query.toDate = to
-            if let weights {
-                let parts = weights.split(separator: ",").map { Double($0.trimmingCharacters(in: .whitespaces)) }
-                guard parts.count == 3, parts.allSatisfy({ $0 != nil }) else {
-                    throw FunnelError(message: "--weights must be three numbers FIRST,MIDDLE,LAST (percent)")
-                }
-                query.weights = parts.map { $0! }
-            }
-            try query.validate()
+            let query = try makeQuery()
             let logger = connection.makeLogger()
             let db = try connection.connect(logger: logger, applicationName: "idmerge attribution")
             defer { db.close() }
