@@ -156,28 +156,30 @@ begin
         -- One row per derived person with a step-2 event, then one per engine attempt:
         -- rk whether step k was reached, sk the seconds from step k-1, open whether the
         -- window is still open (engine attempts count their own in_progress).
-        rows_sql := format('select %s, q.m1 + $6 >= $8 as open from (%s) as q',
+        rows_sql := format('select %s, %s and q.m1 + $6 >= $8 as open from (%s) as q',
             (select string_agg(format(
-                'q.m1 < coalesce($5::bigint, %1$s)%2$s as r%3$s, (q.m%3$s - q.m%4$s)::double precision / 1000 as s%3$s',
+                'case when q.m1 < coalesce($5::bigint, %1$s)%2$s then (q.m%3$s - q.m%4$s)::double precision / 1000 end as s%3$s',
                 block,
                 (select string_agg(format(' and q.m%s <= q.m1 + $6', i), '') from generate_series(2, k) as i),
                 k, k - 1), ', ')
              from generate_series(2, steps_count) as k),
+            format('q.m1 < coalesce($5::bigint, %s)', block)
+                || (select string_agg(format(' and q.m%s <= q.m1 + $6', i), '') from generate_series(2, steps_count) as i),
             chain);
         if cardinality(p_skip) > 0 then
             rows_sql := rows_sql || format('
                 union all
                 select %s, false from generate_subscripts($9, 1) as i',
-                (select string_agg(format('$9[i] >= %1$s, $10[i][%1$s]', k), ', ')
+                (select string_agg(format('case when $9[i] >= %1$s then $10[i][%1$s] end', k), ', ')
                  from generate_series(2, steps_count) as k));
         end if;
-        aggregates := format('select %s, count(*) filter (where x.r%s and x.open) as open from (%s) as x',
+        aggregates := format('select %s, count(*) filter (where x.open) as open from (%s) as x',
             (select string_agg(format(
-                'count(*) filter (where x.r%1$s) as count%1$s,
-                 percentile_cont(0.5) within group (order by x.s%1$s) filter (where x.r%1$s) as median%1$s,
-                 avg(x.s%1$s) filter (where x.r%1$s) as average%1$s', k), ', ')
+                'count(x.s%1$s) as count%1$s,
+                 percentile_cont(0.5) within group (order by x.s%1$s) as median%1$s,
+                 sum(x.s%1$s) / count(x.s%1$s) as average%1$s', k), ', ')
              from generate_series(2, steps_count) as k),
-            steps_count, rows_sql);
+            rows_sql);
         per_step := 'select v.* from aggregated as a cross join lateral (values '
             || (select string_agg(format('(%1$s, a.count%1$s, a.median%1$s, a.average%1$s)', k), ', ')
                 from generate_series(2, steps_count) as k)
