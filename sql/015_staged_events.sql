@@ -66,3 +66,23 @@ $$;
 
 comment on function idmerge.staged_events(bigint) is
     'The staged batch (temp table idmerge_stage), one row per distinct event, latest copy winning; sequence numbers from seq_base.';
+
+-- idmerge.record_replaced_ids: after an original or legacy merge, the ids of the batch's
+-- copies that replaced stored events in place (they keep the stored seq, so the derived
+-- report tables would not see their new properties), recorded under the batch's first seq
+-- p_seq (migrations/0009_report_replaced_ids.sql); and the rows every refresh has seen
+-- dropped. Reads the merge's temp table idmerge_batch (its ingested_id and replaces columns).
+create or replace function idmerge.record_replaced_ids(p_project_id integer, p_seq bigint)
+returns void
+language plpgsql as $$
+begin
+    insert into idmerge.report_replaced_ids (project_id, ingested_distinct_id, seq)
+    select distinct p_project_id, b.ingested_id, p_seq
+    from pg_temp.idmerge_batch as b
+    where b.replaces
+    on conflict do nothing;
+    delete from idmerge.report_replaced_ids as replaced
+    where replaced.project_id = p_project_id
+        and replaced.seq <= (select s.as_of_seq from idmerge.report_state as s where s.project_id = p_project_id);
+end
+$$;

@@ -151,14 +151,7 @@ begin
     -- not see its new properties: record its id under this batch's first seq
     -- (migrations/0009_report_replaced_ids.sql), and drop what every refresh has seen.
     if replaced_count > 0 then
-        insert into idmerge.report_replaced_ids (project_id, ingested_distinct_id, seq)
-        select distinct p_project_id, b.ingested_id, seq_base + 1
-        from pg_temp.idmerge_batch as b
-        where b.replaces
-        on conflict do nothing;
-        delete from idmerge.report_replaced_ids as replaced
-        where replaced.project_id = p_project_id
-            and replaced.seq <= (select s.as_of_seq from idmerge.report_state as s where s.project_id = p_project_id);
+        perform idmerge.record_replaced_ids(p_project_id, seq_base + 1);
     end if;
 
     stored := batch_count;

@@ -328,21 +328,11 @@ extension Response {
     }
 }
 
-/// JSON text for the few values the answers carry.
+/// JSON text for the few values the answers carry (the escaping of the reports' JSON).
 enum JSON {
     static func string(_ value: String) -> String {
-        var out = "\""
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
+        var out = ""
+        ReportJSON.writeString(value, to: &out)
+        return out
     }
 }

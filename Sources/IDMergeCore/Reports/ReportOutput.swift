@@ -257,7 +257,7 @@ extension PostgresTimestamp {
 /// integers; rates, seconds, conversions and values are always written with a fraction or an
 /// exponent (`1.0`, `0.5`, `50.0`), so a typed reader sees a float even when the value is
 /// whole.
-indirect enum ReportJSON {
+public indirect enum ReportJSON: Sendable {
     case object([(String, ReportJSON)])
     case array([ReportJSON])
     case string(String)
@@ -312,7 +312,7 @@ indirect enum ReportJSON {
     }
 
     /// A JSON string: quotes, backslashes and control characters escaped, the rest as is.
-    static func writeString(_ text: String, to out: inout String) {
+    public static func writeString(_ text: String, to out: inout String) {
         out += "\""
         for scalar in text.unicodeScalars {
             switch scalar {
