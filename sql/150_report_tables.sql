@@ -256,6 +256,10 @@ begin
     if changed is not null and cardinality(changed) <= greatest(total / 4, 10000) then
         perform set_config('enable_seqscan', 'off', true);
         perform set_config('max_parallel_workers_per_gather', '0', true);
+        -- Generic plans for the reads by a list of ids: a custom plan estimates the selectivity
+        -- of each of the thousands of ids against every partition's statistics; with
+        -- sequential scans off the plans are the same index reads.
+        perform set_config('plan_cache_mode', 'force_generic_plan', true);
         create temp table idmerge_report_changed_events on commit drop as
         select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
                r.properties
@@ -270,6 +274,7 @@ begin
             order by 1);
         perform set_config('enable_seqscan', 'on', true);
         perform set_config('max_parallel_workers_per_gather', parallel_workers, true);
+        perform set_config('plan_cache_mode', 'force_custom_plan', true);
     end if;
     full_rebuild := p_full or stale is null or cardinality(stale) > greatest(total / 4, 10000);
 
@@ -296,13 +301,24 @@ begin
         where r.project_id = p_project_id;
     else
         -- A few people: their rows by index and serially (the planner would scan the tables
-        -- for a few thousand people; restored below).
+        -- for a few thousand people; restored below), with generic plans (as above).
         perform set_config('enable_seqscan', 'off', true);
         perform set_config('max_parallel_workers_per_gather', '0', true);
-        -- Read the stale people's events first: finding them reads report_person_ids. Those
-        -- of changed ids are read already (every one belongs to a stale person); the others
-        -- are unchanged since as_of_seq, so their ids are those report_person_ids holds for
-        -- the stale people (report_people_ids: the same rule).
+        perform set_config('plan_cache_mode', 'force_generic_plan', true);
+        -- The stale people's ids leave report_person_ids first; what the delete returns says
+        -- which of their ids are not changed ones, and how many people leave the tables
+        -- (report_state.people moves by the difference, never by a recount of every person).
+        drop table if exists pg_temp.idmerge_report_gone_ids;
+        create temp table idmerge_report_gone_ids (ingested_distinct_id text, distinct_id text) on commit drop;
+        with gone as (
+            delete from idmerge.report_person_ids where project_id = p_project_id and distinct_id = any(stale)
+            returning ingested_distinct_id, distinct_id
+        )
+        insert into pg_temp.idmerge_report_gone_ids select gone.ingested_distinct_id, gone.distinct_id from gone;
+        select count(distinct g.distinct_id) into people_gone from pg_temp.idmerge_report_gone_ids as g;
+        -- The stale people's events. Those of changed ids are read already (every one belongs
+        -- to a stale person); the others are unchanged since as_of_seq, so their ids are those
+        -- report_person_ids held for the stale people (report_people_ids: the same rule).
         create temp table idmerge_report_events on commit drop as
         select c.distinct_id, c.ingested_distinct_id, c.event, c.ms, c.seq, c.properties
         from pg_temp.idmerge_report_changed_events as c
@@ -312,34 +328,25 @@ begin
         from idmerge.resolved_events as r
         where r.project_id = p_project_id
             and r.ingested_distinct_id = any(array(
-                select i.ingested_distinct_id
-                from idmerge.report_person_ids as i
-                where i.project_id = p_project_id and i.distinct_id = any(stale)
+                select g.ingested_distinct_id from pg_temp.idmerge_report_gone_ids as g
                 except
                 select unnest(changed)))
             and r.distinct_id = any(stale);
-        -- The people leaving the tables, counted as they go (report_state.people moves by
-        -- the difference, never by a recount of every person).
+        drop table pg_temp.idmerge_report_gone_ids;
+        -- report_event_names.people: less the rows going (one per event name and person).
         with gone as (
-            delete from idmerge.report_person_ids where project_id = p_project_id and distinct_id = any(stale)
-            returning distinct_id
+            delete from idmerge.report_person_events where project_id = p_project_id and distinct_id = any(stale)
+            returning event
         )
-        select count(distinct gone.distinct_id) into people_gone from gone;
-        -- report_event_names.people: less the rows about to go.
         update idmerge.report_event_names as n set people = n.people - d.rows
-        from (
-            select r.event, count(*) as rows
-            from idmerge.report_person_events as r
-            where r.project_id = p_project_id and r.distinct_id = any(stale)
-            group by r.event
-        ) as d
+        from (select gone.event, count(*) as rows from gone group by gone.event) as d
         where n.project_id = p_project_id and n.event = d.event;
-        delete from idmerge.report_person_events where project_id = p_project_id and distinct_id = any(stale);
         delete from idmerge.report_person_props where project_id = p_project_id and distinct_id = any(stale);
         -- What follows reads the small temp table of their events: back to the planner's own
         -- choice (off, it would price every plan of it as a disabled scan).
         perform set_config('enable_seqscan', 'on', true);
         perform set_config('max_parallel_workers_per_gather', parallel_workers, true);
+        perform set_config('plan_cache_mode', 'force_custom_plan', true);
     end if;
 
     insert into idmerge.report_person_ids (project_id, ingested_distinct_id, distinct_id)

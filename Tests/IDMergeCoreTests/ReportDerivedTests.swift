@@ -4,6 +4,25 @@ import IDMergeTestSupport
 import PGClient
 import Testing
 
+/// One row digesting a project's derived report tables ($1: the project id), to compare two
+/// states of them column by column.
+let derivedTablesDigest = """
+    select
+        (select md5(string_agg(x::text, '|' order by x::text)) from (
+            select event, distinct_id, first_ms, times, seqs, person_keys
+            from idmerge.report_person_events where project_id = $1) as x) as events,
+        (select md5(string_agg(x::text, '|' order by x::text)) from (
+            select key, distinct_id, times, seqs, vals
+            from idmerge.report_person_props where project_id = $1) as x) as props,
+        (select md5(string_agg(x::text, '|' order by x::text)) from (
+            select ingested_distinct_id, distinct_id
+            from idmerge.report_person_ids where project_id = $1) as x) as ids,
+        (select concat_ws(',', as_of_seq, people, newest_ms)
+            from idmerge.report_state where project_id = $1) as state,
+        (select string_agg(concat_ws(',', event, id, people), '|' order by id)
+            from idmerge.report_event_names where project_id = $1) as names
+    """
+
 /// The random stream's first `count` arrivals: what the database holds after importing them.
 func prefix(_ stream: RandomStream, _ count: Int) -> RandomStream {
     var copy = stream
@@ -272,28 +291,12 @@ struct ReportDerivedTests {
                     .first!.decode("full_rebuild")
             }
             #expect(!refreshed, "an incremental refresh")
-            let digest = """
-                select
-                    (select md5(string_agg(x::text, '|' order by x::text)) from (
-                        select event, distinct_id, first_ms, times, seqs, person_keys
-                        from idmerge.report_person_events where project_id = $1) as x) as events,
-                    (select md5(string_agg(x::text, '|' order by x::text)) from (
-                        select key, distinct_id, times, seqs, vals
-                        from idmerge.report_person_props where project_id = $1) as x) as props,
-                    (select md5(string_agg(x::text, '|' order by x::text)) from (
-                        select ingested_distinct_id, distinct_id
-                        from idmerge.report_person_ids where project_id = $1) as x) as ids,
-                    (select concat_ws(',', as_of_seq, people, newest_ms)
-                        from idmerge.report_state where project_id = $1) as state,
-                    (select string_agg(concat_ws(',', event, id, people), '|' order by id)
-                        from idmerge.report_event_names where project_id = $1) as names
-                """
-            let incremental = try db.query(digest, [project.id]).first!
+            let incremental = try db.query(derivedTablesDigest, [project.id]).first!
             try db.transaction { db in
                 try db.execute("set transaction isolation level repeatable read")
                 _ = try db.query("select * from idmerge.refresh_report_tables($1, true)", [project.id])
             }
-            let full = try db.query(digest, [project.id]).first!
+            let full = try db.query(derivedTablesDigest, [project.id]).first!
             for column in ["events", "props", "ids", "state", "names"] {
                 #expect(incremental[column] == full[column], "\(column)")
             }
@@ -305,10 +308,58 @@ struct ReportDerivedTests {
                 return (try row.decode("people"), try row.decode("full_rebuild"))
             }
             #expect(idle.0 == 0 && !idle.1)
-            let after = try db.query(digest, [project.id]).first!
+            let after = try db.query(derivedTablesDigest, [project.id]).first!
             for column in ["events", "props", "ids", "state", "names"] {
                 #expect(after[column] == full[column], "\(column) after a refresh with nothing to do")
             }
+        }
+    }
+
+    /// The nightly job with the refresh on a second connection, beside the identity rewrite
+    /// (as the CLI runs it): the derived tables come out as a full rebuild from the live view
+    /// makes them, and the rewritten events hold the invariant.
+    @Test func refreshBesideTheRewriteEqualsFullRebuild() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let stream = RandomStream(seed: 78, people: 60, names: ["A", "B", "C"])
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            var job = NightlyJob(connection: db, project: project, logger: TestDatabase.logger)
+            job.chunkSize = 3
+            job.reportConnection = { try TestDatabase.connect(conninfo) }
+            let objects = stream.objects()
+            let cut = objects.count / 2
+            // Anonymous devices, linked only in the second import: links for the rewrite.
+            let (anonymous, links) = try anonymousThenLinked(devices: 50, perDevice: 3, prefix: "beside-")
+            _ = try importer.importBytes(try ndjson(Array(objects[..<cut])), name: "first half")
+            _ = try importer.importBytes(anonymous, name: "anonymous devices")
+            let first = try job.run()
+            #expect(first.reportPeopleRefreshed > 0, "the first run builds the tables")
+            var again = objects[0] as! [String: Any]
+            var properties = again["properties"] as! [String: Any]
+            properties["src"] = "replaced"
+            again["properties"] = properties
+            _ = try importer.importBytes(try ndjson(Array(objects[cut...]) + [again]), name: "second half")
+            _ = try importer.importBytes(links, name: "links")
+            let second = try job.run()
+            #expect(second.linksApplied >= 50 && second.reportPeopleRefreshed >= 50)
+            let stale: Int? = try db.query(
+                "select cardinality(idmerge.report_stale_people($1)) as n", [project.id]
+            ).first!.decode("n")
+            #expect(stale == 0)
+            #expect(try invariantViolations(db, projectId: project.id) == 0)
+            let concurrent = try db.query(derivedTablesDigest, [project.id]).first!
+            try db.transaction { db in
+                try db.execute("set transaction isolation level repeatable read")
+                _ = try db.query("select * from idmerge.refresh_report_tables($1, true)", [project.id])
+            }
+            let full = try db.query(derivedTablesDigest, [project.id]).first!
+            for column in ["events", "props", "ids", "state", "names"] {
+                #expect(concurrent[column] == full[column], "\(column)")
+            }
+            let outcomes = try db.query("select outcome from idmerge.job_runs order by id").rows.map { $0["outcome"] }
+            #expect(outcomes == ["succeeded", "succeeded"])
         }
     }
 }

@@ -2,8 +2,9 @@ import Foundation
 import Logging
 import PGClient
 
-/// The nightly batch job: writes the identity map into `idmerge.events.distinct_id`, then
-/// refreshes the derived report tables (``refreshReportTables()``).
+/// The nightly batch job: writes the identity map into `idmerge.events.distinct_id`, and
+/// refreshes the derived report tables (``refreshReportTables(projectId:on:)``), after the
+/// rewrite or, when ``reportConnection`` is set, beside it on a second connection.
 ///
 /// It works in committed chunks of mappings (``chunkSize``), oldest first, through
 /// `idmerge.nightly_rewrite_chunk`, so a crash (even `kill -9`) loses at most the chunk in
@@ -19,6 +20,13 @@ public struct NightlyJob {
     public var chunkSize = 2000
     /// Called after each chunk with the totals so far.
     public var progress: ((_ links: Int, _ rows: Int) -> Void)?
+    /// Opens a second connection to the same database. When set, the derived report tables
+    /// are refreshed on it while the identity rewrite runs on ``connection``, so a run takes
+    /// about the longer of the two instead of their sum. That is exact: the refresh reads the
+    /// live view in one snapshot, and the live view does not depend on how far the rewrite
+    /// has got (sql/150_report_tables.sql, "Exactness"). Nil: the refresh follows the
+    /// rewrite on ``connection``.
+    public var reportConnection: (@Sendable () throws -> Connection)?
 
     public init(connection: Connection, project: Project, logger: Logger) {
         self.connection = connection
@@ -50,11 +58,14 @@ public struct NightlyJob {
     ///
     /// - Returns: the people rewritten.
     /// - Throws: ``PostgresError``.
-    func refreshReportTables() throws -> Int {
+    static func refreshReportTables(projectId: Int, on connection: Connection) throws -> Int {
         let (people, full) = try connection.transaction { connection -> (Int, Bool) in
             try connection.execute("set transaction isolation level repeatable read")
+            // The tables are an unlogged cache (emptied by a crash; reports then read the live
+            // view), so the commit need not wait for its WAL to reach the disk.
+            try connection.execute("set local synchronous_commit = off")
             let row = try connection.query(
-                "select people, full_rebuild from idmerge.refresh_report_tables($1)", [project.id]
+                "select people, full_rebuild from idmerge.refresh_report_tables($1)", [projectId]
             ).first!
             return (try row.decode("people"), try row.decode("full_rebuild"))
         }
@@ -104,11 +115,19 @@ public struct NightlyJob {
             var links = 0
             var rows = 0
             var reportPeople = 0
+            var rewriteSeconds = 0.0
+            var reportSeconds = 0.0
             let rewriteStart = Date()
-            var reportStart = rewriteStart
+            let concurrentRefresh = reportConnection.map { open in
+                ConcurrentRefresh(projectId: project.id, open: open)
+            }
             do {
                 while true {
                     let step = try connection.transaction { connection -> (Int, Int) in
+                        // A chunk lost to a server crash is redone by the next run; the run's
+                        // last statement (its outcome, a synchronous commit) flushes every
+                        // chunk's WAL before the run reports success.
+                        try connection.execute("set local synchronous_commit = off")
                         let row = try connection.query(
                             "select links, rows_rewritten from idmerge.nightly_rewrite_chunk($1, $2, $3)",
                             [project.id, chunkSize, maxSeq]
@@ -131,12 +150,20 @@ public struct NightlyJob {
                     progress?(links, rows)
                     if step.0 < chunkSize { break }
                 }
-                reportStart = Date()
-                reportPeople = try refreshReportTables()
+                rewriteSeconds = Date().timeIntervalSince(rewriteStart)
+                if let concurrentRefresh {
+                    (reportPeople, reportSeconds) = try concurrentRefresh.wait()
+                } else {
+                    let reportStart = Date()
+                    reportPeople = try Self.refreshReportTables(projectId: project.id, on: connection)
+                    reportSeconds = Date().timeIntervalSince(reportStart)
+                }
                 try connection.query(
                     "update idmerge.job_runs set outcome = 'succeeded', finished_at = clock_timestamp() where id = $1",
                     [runId])
             } catch {
+                // The refresh's connection must not outlive the run (nor its lock).
+                _ = try? concurrentRefresh?.wait()
                 _ = try? connection.query(
                     "update idmerge.job_runs set outcome = 'failed', finished_at = clock_timestamp(), message = $2 where id = $1",
                     [runId, String(describing: error)])
@@ -144,11 +171,47 @@ public struct NightlyJob {
             }
             return Result(
                 runId: runId, linksApplied: links, rowsRewritten: rows, reportPeopleRefreshed: reportPeople,
-                rewriteSeconds: reportStart.timeIntervalSince(rewriteStart),
-                reportSeconds: Date().timeIntervalSince(reportStart))
+                rewriteSeconds: rewriteSeconds, reportSeconds: reportSeconds)
         }
         guard let result else { throw LockBusy(project: project.name) }
         return result
+    }
+}
+
+/// The refresh of a project's derived report tables on a connection of its own, on a thread of
+/// its own, started at once; ``wait()`` returns what it did. The connection is closed when the
+/// refresh ends, whatever the outcome.
+private final class ConcurrentRefresh: @unchecked Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    // Written by the thread before it signals `done`, read only after the wait.
+    private var outcome: Result<(people: Int, seconds: Double), any Error>?
+    private var waited: Result<(people: Int, seconds: Double), any Error>?
+
+    init(projectId: Int, open: @escaping @Sendable () throws -> Connection) {
+        let thread = Thread { [self] in
+            let start = Date()
+            outcome = Result {
+                let connection = try open()
+                defer { connection.close() }
+                let people = try NightlyJob.refreshReportTables(projectId: projectId, on: connection)
+                return (people, Date().timeIntervalSince(start))
+            }
+            done.signal()
+        }
+        thread.name = "idmerge.nightly.report-refresh"
+        thread.start()
+    }
+
+    /// Blocks until the refresh has ended (at once after the first call).
+    ///
+    /// - Returns: the people rewritten and the refresh's wall-clock seconds.
+    /// - Throws: what the refresh threw (``PostgresError``, or a connection failure).
+    func wait() throws -> (people: Int, seconds: Double) {
+        if waited == nil {
+            done.wait()
+            waited = outcome
+        }
+        return try waited!.get()
     }
 }
 

@@ -30,6 +30,11 @@ struct Nightly: ParsableCommand {
             }
             var job = NightlyJob(connection: db, project: project, logger: logger)
             job.chunkSize = max(1, chunkSize)
+            // The report tables are refreshed beside the identity rewrite, on a second connection.
+            let settings = ConnectionSettings.resolve(option: connection.databaseURL)
+            job.reportConnection = {
+                try settings.connect(logger: logger, applicationName: "idmerge nightly (report tables)")
+            }
             job.progress = { links, rows in printError("  \(links) links applied, \(rows) rows rewritten") }
             let start = Date()
             do {
