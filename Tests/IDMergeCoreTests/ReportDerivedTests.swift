@@ -362,4 +362,29 @@ struct ReportDerivedTests {
             #expect(outcomes == ["succeeded", "succeeded"])
         }
     }
+
+    /// No second connection to be had (a pooler's or max_connections' limit): the refresh runs
+    /// after the rewrite on the job's own connection, and the run succeeds.
+    @Test func refreshFallsBackToTheJobsConnection() throws {
+        struct NoConnection: Error {}
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            let (anonymous, links) = try anonymousThenLinked(devices: 20, perDevice: 2, prefix: "fallback-")
+            _ = try importer.importBytes(anonymous, name: "anonymous devices")
+            _ = try importer.importBytes(links, name: "links")
+            var job = NightlyJob(connection: db, project: project, logger: TestDatabase.logger)
+            job.reportConnection = { throw NoConnection() }
+            let result = try job.run()
+            #expect(result.linksApplied == 20 && result.reportPeopleRefreshed == 20)
+            let stale: Int? = try db.query(
+                "select cardinality(idmerge.report_stale_people($1)) as n", [project.id]
+            ).first!.decode("n")
+            #expect(stale == 0)
+            let outcomes = try db.query("select outcome from idmerge.job_runs order by id").rows.map { $0["outcome"] }
+            #expect(outcomes == ["succeeded"])
+        }
+    }
 }

@@ -24,8 +24,8 @@ public struct NightlyJob {
     /// are refreshed on it while the identity rewrite runs on ``connection``, so a run takes
     /// about the longer of the two instead of their sum. That is exact: the refresh reads the
     /// live view in one snapshot, and the live view does not depend on how far the rewrite
-    /// has got (sql/150_report_tables.sql, "Exactness"). Nil: the refresh follows the
-    /// rewrite on ``connection``.
+    /// has got (sql/150_report_tables.sql, "Exactness"). Nil, or when it throws: the refresh
+    /// follows the rewrite on ``connection``.
     public var reportConnection: (@Sendable () throws -> Connection)?
 
     public init(connection: Connection, project: Project, logger: Logger) {
@@ -121,6 +121,11 @@ public struct NightlyJob {
             let concurrentRefresh = reportConnection.map { open in
                 ConcurrentRefresh(projectId: project.id, open: open)
             }
+            let serialRefresh = { () throws -> (Int, Double) in
+                let start = Date()
+                let people = try Self.refreshReportTables(projectId: project.id, on: connection)
+                return (people, Date().timeIntervalSince(start))
+            }
             do {
                 while true {
                     let step = try connection.transaction { connection -> (Int, Int) in
@@ -151,19 +156,25 @@ public struct NightlyJob {
                     if step.0 < chunkSize { break }
                 }
                 rewriteSeconds = Date().timeIntervalSince(rewriteStart)
-                if let concurrentRefresh {
-                    (reportPeople, reportSeconds) = try concurrentRefresh.wait()
-                } else {
-                    let reportStart = Date()
-                    reportPeople = try Self.refreshReportTables(projectId: project.id, on: connection)
-                    reportSeconds = Date().timeIntervalSince(reportStart)
+                switch concurrentRefresh?.wait() {
+                case .refreshed(let refreshed):
+                    (reportPeople, reportSeconds) = try refreshed.get()
+                case .notConnected(let error):
+                    // No second connection (max_connections, a pooler's limit): the refresh
+                    // runs after the rewrite, on this one.
+                    logger.warning(
+                        "report tables refreshed after the rewrite: no second connection",
+                        metadata: ["error": "\(error)"])
+                    (reportPeople, reportSeconds) = try serialRefresh()
+                case nil:
+                    (reportPeople, reportSeconds) = try serialRefresh()
                 }
                 try connection.query(
                     "update idmerge.job_runs set outcome = 'succeeded', finished_at = clock_timestamp() where id = $1",
                     [runId])
             } catch {
                 // The refresh's connection must not outlive the run (nor its lock).
-                _ = try? concurrentRefresh?.wait()
+                _ = concurrentRefresh?.wait()
                 _ = try? connection.query(
                     "update idmerge.job_runs set outcome = 'failed', finished_at = clock_timestamp(), message = $2 where id = $1",
                     [runId, String(describing: error)])
@@ -182,19 +193,30 @@ public struct NightlyJob {
 /// its own, started at once; ``wait()`` returns what it did. The connection is closed when the
 /// refresh ends, whatever the outcome.
 private final class ConcurrentRefresh: @unchecked Sendable {
+    /// What the thread did: the refresh's result, or the error that opening its connection
+    /// threw (then nothing was refreshed).
+    enum Outcome {
+        case refreshed(Result<(people: Int, seconds: Double), any Error>)
+        case notConnected(any Error)
+    }
     private let done = DispatchSemaphore(value: 0)
     // Written by the thread before it signals `done`, read only after the wait.
-    private var outcome: Result<(people: Int, seconds: Double), any Error>?
-    private var waited: Result<(people: Int, seconds: Double), any Error>?
+    private var outcome: Outcome?
+    private var waited: Outcome?
 
     init(projectId: Int, open: @escaping @Sendable () throws -> Connection) {
         let thread = Thread { [self] in
             let start = Date()
-            outcome = Result {
+            do {
                 let connection = try open()
                 defer { connection.close() }
-                let people = try NightlyJob.refreshReportTables(projectId: projectId, on: connection)
-                return (people, Date().timeIntervalSince(start))
+                outcome = .refreshed(
+                    Result {
+                        let people = try NightlyJob.refreshReportTables(projectId: projectId, on: connection)
+                        return (people, Date().timeIntervalSince(start))
+                    })
+            } catch {
+                outcome = .notConnected(error)
             }
             done.signal()
         }
@@ -204,14 +226,13 @@ private final class ConcurrentRefresh: @unchecked Sendable {
 
     /// Blocks until the refresh has ended (at once after the first call).
     ///
-    /// - Returns: the people rewritten and the refresh's wall-clock seconds.
-    /// - Throws: what the refresh threw (``PostgresError``, or a connection failure).
-    func wait() throws -> (people: Int, seconds: Double) {
+    /// - Returns: what the thread did.
+    func wait() -> Outcome {
         if waited == nil {
             done.wait()
             waited = outcome
         }
-        return try waited!.get()
+        return waited!
     }
 }
 
