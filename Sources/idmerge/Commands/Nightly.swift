@@ -9,7 +9,8 @@ struct Nightly: ParsableCommand {
         abstract: "Rewrite resolved distinct_ids on the stored events for links made since the last run.",
         discussion: """
             Works in committed chunks; a crash loses at most the chunk in flight, and the next run \
-            finishes the work. Exit codes: 0 done; 75 another run holds the lock (with --no-wait); 1 failure.
+            finishes the work. The derived report tables are refreshed meanwhile on a second \
+            connection. Exit codes: 0 done; 75 another run holds the lock (with --no-wait); 1 failure.
             """
     )
 
