@@ -128,6 +128,9 @@ begin
     if cardinality(changed) = 0 then
         return '{}';
     end if;
+    -- The live events of the changed ids: those stored since as_of_seq (all of changed ids)
+    -- by the BRIN on seq, and the older ones of the ids the derived tables hold (only those
+    -- had events then), as refresh_report_tables reads them.
     select coalesce(array_agg(p.distinct_id order by p.distinct_id), '{}') into people
     from (
         select i.distinct_id
@@ -136,7 +139,15 @@ begin
         union
         select r.distinct_id
         from idmerge.resolved_events as r
-        where r.project_id = p_project_id and r.ingested_distinct_id = any(changed)
+        where r.project_id = p_project_id and r.ingest_seq > as_of
+        union
+        select r.distinct_id
+        from idmerge.resolved_events as r
+        where r.project_id = p_project_id and r.ingest_seq <= as_of
+            and r.ingested_distinct_id = any(array(
+                select i.ingested_distinct_id
+                from idmerge.report_person_ids as i
+                where i.project_id = p_project_id and i.ingested_distinct_id = any(changed)))
     ) as p;
     return people;
 end
@@ -263,18 +274,34 @@ begin
         -- of each of the thousands of ids against every partition's statistics; with
         -- sequential scans off the plans are the same index reads.
         perform set_config('plan_cache_mode', 'force_generic_plan', true);
+        -- Whom the changed ids' events belonged to at as_of_seq. Only the ids found here had
+        -- events then (the tables hold every event up to as_of_seq, and report_person_ids a
+        -- row for each of their ids), so only these are looked up among the older events.
+        drop table if exists pg_temp.idmerge_report_changed_ids;
+        create temp table idmerge_report_changed_ids on commit drop as
+        select i.ingested_distinct_id, i.distinct_id
+        from idmerge.report_person_ids as i
+        where i.project_id = p_project_id and i.ingested_distinct_id = any(changed);
+        -- Their live events: those stored (or replaced, with a new seq) since as_of_seq, all of
+        -- changed ids, by the BRIN on seq; and the older events of the ids found above.
         create temp table idmerge_report_changed_events on commit drop as
         select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
                r.properties
         from idmerge.resolved_events as r
-        where r.project_id = p_project_id and r.ingested_distinct_id = any(changed);
+        where r.project_id = p_project_id and r.ingest_seq > as_of
+        union all
+        select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
+               r.properties
+        from idmerge.resolved_events as r
+        where r.project_id = p_project_id and r.ingest_seq <= as_of
+            and r.ingested_distinct_id = any(array(
+                select distinct c.ingested_distinct_id from pg_temp.idmerge_report_changed_ids as c));
         stale := array(
-            select i.distinct_id collate "C"
-            from idmerge.report_person_ids as i
-            where i.project_id = p_project_id and i.ingested_distinct_id = any(changed)
+            select c.distinct_id collate "C" from pg_temp.idmerge_report_changed_ids as c
             union
             select c.distinct_id collate "C" from pg_temp.idmerge_report_changed_events as c
             order by 1);
+        drop table pg_temp.idmerge_report_changed_ids;
         perform set_config('enable_seqscan', 'on', true);
         perform set_config('max_parallel_workers_per_gather', parallel_workers, true);
         perform set_config('plan_cache_mode', 'force_custom_plan', true);
