@@ -387,4 +387,28 @@ struct ReportDerivedTests {
             #expect(outcomes == ["succeeded"])
         }
     }
+
+    /// `idmerge.report_ms` gives epoch milliseconds, before and after 1970, and PostgreSQL
+    /// inlines it: it was declared immutable around the stable `extract(epoch from
+    /// timestamptz)`, which kept it a SQL function called for every row a refresh reads.
+    @Test func reportMillisecondsAreExactAndInlined() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let rows = try db.query(
+                """
+                select t::text as t, idmerge.report_ms(t) as ms
+                from unnest(array['1969-12-31 23:59:59.999+00', '1970-01-01 00:00:00+00',
+                                  '2025-07-01 12:34:56.789+00', '2109-05-15 00:00:00.001+00']::timestamptz[]) as t
+                order by t
+                """
+            ).rows
+            let values: [Int64] = try rows.map { try $0.decode("ms") }
+            #expect(values == [-1, 0, 1_751_373_296_789, 4_398_019_200_001])
+            let plan = try db.query(
+                "explain (verbose) select idmerge.report_ms(x) from (values (now())) as v (x)"
+            ).rows.compactMap { $0["QUERY PLAN"] }.joined(separator: "\n")
+            #expect(!plan.contains("report_ms"), "inlined: \(plan)")
+        }
+    }
 }
