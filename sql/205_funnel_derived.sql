@@ -170,9 +170,9 @@ begin
                  from (%4$s) as q',
                 (select string_agg(', q.m' || i, '') from generate_series(1, j - 1) as i), expr, j, chain);
         end loop;
-        -- One row per derived person with a step-2 event, then one per engine attempt: sk the
-        -- seconds from step k-1 when step k was reached (null otherwise), vk the same in
-        -- milliseconds (bigint, without engine attempts only), open whether the person
+        -- One row per derived person with a step-2 event, then one per engine attempt: vk the
+        -- milliseconds from step k-1 when step k was reached (null otherwise; sk, the same in
+        -- seconds, when engine attempts are added), open whether the person
         -- completed the funnel with the window still open (engine attempts count their own
         -- in_progress). A window of whole milliseconds ($14) compares in bigint. Also a
         -- fenced level, so the workers compute these once per row.
@@ -181,10 +181,11 @@ begin
         rows_sql := '';
         for j in 2 .. steps_count loop
             reached := reached || format(' and q.m%s <= q.m1 + %s', j, window_sql);
-            rows_sql := rows_sql || format(
-                'case when %1$s then (q.m%2$s - q.m%3$s)::double precision / 1000 end as s%2$s, ', reached, j, j - 1);
             if by_ms then
                 rows_sql := rows_sql || format('case when %1$s then q.m%2$s - q.m%3$s end as v%2$s, ', reached, j, j - 1);
+            else
+                rows_sql := rows_sql || format(
+                    'case when %1$s then (q.m%2$s - q.m%3$s)::double precision / 1000 end as s%2$s, ', reached, j, j - 1);
             end if;
         end loop;
         rows_sql := format('select %s%s and q.m1 + %s >= $8 as open, idmerge.planner_fence() as fence from (%s) as q',
@@ -200,15 +201,19 @@ begin
         -- whose sort (bigint) is cheaper than that of the seconds (double precision): the two
         -- middle values (percentile_disc, sql/204), interpolated as percentile_cont does, give
         -- the same double as percentile_cont of the seconds. The average is the sum of the
-        -- seconds over their count (the same double as avg).
+        -- seconds over their count (the same double as avg), each converted by the leader
+        -- (less work in all than the workers sending the seconds too).
         aggregates := format('select %s, count(*) filter (where x.open) as open from (%s) as x',
             (select string_agg(format(
-                'count(x.s%1$s) as count%1$s, '
-                || case when by_ms
-                        then 'idmerge.report_median_seconds(percentile_disc(idmerge.report_median_fractions()) within group (order by x.v%1$s))'
-                        else 'percentile_cont(0.5) within group (order by x.s%1$s)' end
-                || ' as median%1$s,
-                 sum(x.s%1$s) / count(x.s%1$s) as average%1$s', k), ', ')
+                case when by_ms then
+                    'count(x.v%1$s) as count%1$s,
+                     idmerge.report_median_seconds(percentile_disc(idmerge.report_median_fractions()) within group (order by x.v%1$s)) as median%1$s,
+                     sum(x.v%1$s::double precision / 1000) / count(x.v%1$s) as average%1$s'
+                else
+                    'count(x.s%1$s) as count%1$s,
+                     percentile_cont(0.5) within group (order by x.s%1$s) as median%1$s,
+                     sum(x.s%1$s) / count(x.s%1$s) as average%1$s'
+                end, k), ', ')
              from generate_series(2, steps_count) as k),
             rows_sql);
         per_step := 'select v.* from aggregated as a cross join lateral (values '
