@@ -25,6 +25,14 @@
 -- never in the window. One pass computes every step's chain and one
 -- aggregate every step's count and times to convert.
 --
+-- Parallel workers read the step-2 rows and compute each row's chain and times (one fenced
+-- subquery level per step, sql/204); the leader aggregates the rows they send. Its part (the
+-- two medians' sorts above all) bounds the query, so what can move to the workers does, and
+-- without stale people the medians sort bigint milliseconds. Measured and dropped (see
+-- BENCHMARKS.md, session 4): a combinable median aggregate (array_append, combined by
+-- array_cat, the median computed by the leader from the arrays) costs the leader more than
+-- these sorts, and a Gather Merge presorting one step's times costs more than it saves.
+--
 -- The engine (a PL/pgSQL function, parallel unsafe) runs first, for the stale people alone,
 -- and its attempts are passed to the query as arrays, so the query over the derived rows can
 -- use parallel workers (functions it calls are parallel safe).
@@ -76,6 +84,13 @@ declare
     chain text;
     expr text;
     rows_sql text;
+    reached text;
+    window_sql text;
+    -- The window and the grace in whole milliseconds, for bigint arithmetic (null when not).
+    window_whole_ms bigint := case when window_ms = trunc(window_ms) then window_ms::bigint end;
+    grace_whole_ms bigint := case when grace_ms = trunc(grace_ms) and abs(grace_ms) < 4398046511104 then grace_ms::bigint end;
+    -- Medians from bigint milliseconds: when no engine attempts (seconds) are added.
+    by_ms boolean := coalesce(cardinality(p_skip), 0) = 0;
     aggregates text;
     per_step text;
     j integer;
@@ -130,54 +145,75 @@ begin
         aggregates := 'select 0::bigint as open';
     else
         -- The chain over the step-2 rows: m1 the entry time, mk the step-k time ($13[k]: step
-        -- k's block of keys). The first four are computed by one projection, each expression
-        -- nesting the one before (a few more searches, but all in the scan, which parallel
-        -- workers run: the planner keeps subquery levels above the Gather, in the leader);
-        -- each later step adds a subquery level.
-        expr := '(r.person_keys[width_bucket($13[1] + coalesce($4::bigint, 0) - 1, r.person_keys) + 1] - $13[1])';
-        chain := expr || ' as m1';
-        for j in 2 .. least(steps_count, 4) loop
-            expr := format(
-                '(r.person_keys[width_bucket($13[%1$s] + ceil(%2$s - $7)::bigint - 1, r.person_keys) + 1] - $13[%1$s])',
-                j, expr);
-            chain := chain || ', ' || expr || ' as m' || j;
-        end loop;
-        chain := 'select ' || case when steps_count > 4 then 'r.person_keys as keys, ' else '' end || chain || '
+        -- k's block of keys), one subquery level per step, each reading the level below's
+        -- columns, so every time is searched once. Each level carries idmerge.planner_fence()
+        -- (sql/204) to stay a level of its own: pulled up, the levels' expressions would be
+        -- copied into every reference, nesting the searches. offset 0 would do that too, but
+        -- keeps the levels above the Gather, in the leader; the fence keeps them in the
+        -- parallel workers. The bottom level copies person_keys once (|| '{}' returns its
+        -- operand detoasted): each search reads the array twice, and an array stored inline
+        -- with a short header is copied at every read.
+        chain := 'select r.person_keys || ''{}''::bigint[] as keys, idmerge.planner_fence() as fence
              from idmerge.report_person_events as r
-             where r.project_id = $1 and r.event = $2[2] and r.distinct_id <> all($3)
-             offset 0';
-        for j in 5 .. steps_count loop
-            chain := format(
-                'select q.*, q.keys[width_bucket($13[%1$s] + ceil(q.m%2$s - $7)::bigint - 1, q.keys) + 1] - $13[%1$s] as m%1$s
-                 from (%3$s) as q
-                 offset 0',
-                j, j - 1, chain);
+             where r.project_id = $1 and r.event = $2[2]'
+            || case when cardinality(p_skip) > 0 then ' and r.distinct_id <> all($3)' else '' end;
+        for j in 1 .. steps_count loop
+            if j = 1 then
+                expr := 'q.keys[width_bucket($13[1] + coalesce($4::bigint, 0) - 1, q.keys) + 1] - $13[1]';
+            elsif grace_whole_ms is not null then
+                -- Whole milliseconds of grace: ceil(m - grace) = m - grace, in bigint.
+                expr := format('q.keys[width_bucket($13[%1$s] - 1 - $15 + q.m%2$s, q.keys) + 1] - $13[%1$s]', j, j - 1);
+            else
+                expr := format('q.keys[width_bucket($13[%1$s] + ceil(q.m%2$s - $7)::bigint - 1, q.keys) + 1] - $13[%1$s]', j, j - 1);
+            end if;
+            chain := format('select q.keys%1$s, %2$s as m%3$s, idmerge.planner_fence() as fence
+                 from (%4$s) as q',
+                (select string_agg(', q.m' || i, '') from generate_series(1, j - 1) as i), expr, j, chain);
         end loop;
-        -- One row per derived person with a step-2 event, then one per engine attempt:
-        -- rk whether step k was reached, sk the seconds from step k-1, open whether the
-        -- window is still open (engine attempts count their own in_progress).
-        rows_sql := format('select %s, %s and q.m1 + $6 >= $8 as open from (%s) as q',
-            (select string_agg(format(
-                'case when q.m1 < coalesce($5::bigint, %1$s)%2$s then (q.m%3$s - q.m%4$s)::double precision / 1000 end as s%3$s',
-                block,
-                (select string_agg(format(' and q.m%s <= q.m1 + $6', i), '') from generate_series(2, k) as i),
-                k, k - 1), ', ')
-             from generate_series(2, steps_count) as k),
-            format('q.m1 < coalesce($5::bigint, %s)', block)
-                || (select string_agg(format(' and q.m%s <= q.m1 + $6', i), '') from generate_series(2, steps_count) as i),
-            chain);
-        if cardinality(p_skip) > 0 then
+        -- One row per derived person with a step-2 event, then one per engine attempt: vk the
+        -- milliseconds from step k-1 when step k was reached (null otherwise; sk, the same in
+        -- seconds, when engine attempts are added), open whether the person
+        -- completed the funnel with the window still open (engine attempts count their own
+        -- in_progress). A window of whole milliseconds ($14) compares in bigint. Also a
+        -- fenced level, so the workers compute these once per row.
+        window_sql := case when window_whole_ms is not null then '$14' else '$6' end;
+        reached := format('q.m1 < coalesce($5::bigint, %s)', block);
+        rows_sql := '';
+        for j in 2 .. steps_count loop
+            reached := reached || format(' and q.m%s <= q.m1 + %s', j, window_sql);
+            if by_ms then
+                rows_sql := rows_sql || format('case when %1$s then q.m%2$s - q.m%3$s end as v%2$s, ', reached, j, j - 1);
+            else
+                rows_sql := rows_sql || format(
+                    'case when %1$s then (q.m%2$s - q.m%3$s)::double precision / 1000 end as s%2$s, ', reached, j, j - 1);
+            end if;
+        end loop;
+        rows_sql := format('select %s%s and q.m1 + %s >= $8 as open, idmerge.planner_fence() as fence from (%s) as q',
+            rows_sql, reached, window_sql, chain);
+        if not by_ms then
             rows_sql := rows_sql || format('
                 union all
-                select %s, false from generate_subscripts($9, 1) as i',
+                select %s, false, true from generate_subscripts($9, 1) as i',
                 (select string_agg(format('case when $9[i] >= %1$s then $10[i][%1$s] end', k), ', ')
                  from generate_series(2, steps_count) as k));
         end if;
+        -- The medians: percentile_cont(0.5). Without engine attempts, of the milliseconds,
+        -- whose sort (bigint) is cheaper than that of the seconds (double precision): the two
+        -- middle values (percentile_disc, sql/204), interpolated as percentile_cont does, give
+        -- the same double as percentile_cont of the seconds. The average is the sum of the
+        -- seconds over their count (the same double as avg), each converted by the leader
+        -- (less work in all than the workers sending the seconds too).
         aggregates := format('select %s, count(*) filter (where x.open) as open from (%s) as x',
             (select string_agg(format(
-                'count(x.s%1$s) as count%1$s,
-                 percentile_cont(0.5) within group (order by x.s%1$s) as median%1$s,
-                 sum(x.s%1$s) / count(x.s%1$s) as average%1$s', k), ', ')
+                case when by_ms then
+                    'count(x.v%1$s) as count%1$s,
+                     idmerge.report_median_seconds(percentile_disc(idmerge.report_median_fractions()) within group (order by x.v%1$s)) as median%1$s,
+                     sum(x.v%1$s::double precision / 1000) / count(x.v%1$s) as average%1$s'
+                else
+                    'count(x.s%1$s) as count%1$s,
+                     percentile_cont(0.5) within group (order by x.s%1$s) as median%1$s,
+                     sum(x.s%1$s) / count(x.s%1$s) as average%1$s'
+                end, k), ', ')
              from generate_series(2, steps_count) as k),
             rows_sql);
         per_step := 'select v.* from aggregated as a cross join lateral (values '
@@ -205,7 +241,7 @@ begin
 
     return query execute sql
         using p_project_id, p_steps, coalesce(p_skip, '{}'), from_ms, to_ms, window_ms, grace_ms, newest_ms,
-              engine_reached, engine_seconds, engine_entries, engine_in_progress, blocks;
+              engine_reached, engine_seconds, engine_entries, engine_in_progress, blocks, window_whole_ms, grace_whole_ms;
 end
 $$;
 

@@ -160,9 +160,8 @@ struct ReportDerivedTests {
         }
     }
 
-    /// Funnels of five and six steps (past the four whose times the fast path computes in one
-    /// projection, each later step a subquery level): equal to brute force and to the engine,
-    /// with stale people and without.
+    /// Funnels of five and six steps (each step a subquery level of the fast path's chain):
+    /// equal to brute force and to the engine, with stale people and without.
     @Test func longFunnelsMatchTheEngine() throws {
         try TestDatabase.withFresh { conninfo in
             let db = try TestDatabase.connect(conninfo)
@@ -195,6 +194,89 @@ struct ReportDerivedTests {
                         #expect(fast == engine, "\(context): \(steps)")
                     }
                     try checkEventNames(project: project, on: db, context: context)
+                }
+            }
+        }
+    }
+
+    /// The fast funnel's median of milliseconds (a bigint sort: percentile_disc's two middle
+    /// values, interpolated; sql/204_funnel_helpers.sql) is percentile_cont(0.5) of the seconds,
+    /// bit for bit: odd and even counts, ties, fractional seconds, negative times (the grace),
+    /// one value, and no value (null).
+    @Test func medianOfMillisecondsIsPercentileContOfSeconds() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let sets = [
+                "{}", "{5}", "{1,2}", "{1,2,3}", "{7,7,7,7}", "{1,1,2,2}", "{2,1,1,2,3}", "{1001,1002}",
+                "{1,1000000007}", "{-1500,3}", "{-3,-1}", "{1069000,1069001,1069003,1070000}",
+                "{4398046511103,0}", "{333,1,999,3}",
+            ]
+            let mismatches = try db.query(
+                """
+                with sets as (
+                    select t.i, s.ms from unnest($1::text[]) with ordinality as t (text, i)
+                    cross join lateral unnest(t.text::bigint[]) as s (ms)
+                    union all
+                    -- Random sets of 1 to 300 values: milliseconds up to a day, then few
+                    -- distinct values (ties), negative ones too.
+                    select 100 + n, (random() * 86400000)::bigint
+                    from generate_series(1, 300) as n, generate_series(1, n) as v
+                    union all
+                    select 500 + n, (random() * 20)::bigint - 10
+                    from generate_series(1, 300) as n, generate_series(1, n) as v
+                ),
+                medians as (
+                    select i,
+                           idmerge.report_median_seconds(
+                               percentile_disc(idmerge.report_median_fractions()) within group (order by ms)) as fast,
+                           percentile_cont(0.5) within group (order by ms::double precision / 1000) as exact
+                    from sets group by i
+                )
+                select i, fast::text, exact::text from medians
+                where float8send(fast) is distinct from float8send(exact)
+                """, ["{" + sets.map { "\"\($0)\"" }.joined(separator: ",") + "}"]
+            ).rows.map { "\($0["i"] ?? "?"): \($0["fast"] ?? "null") vs \($0["exact"] ?? "null")" }
+            #expect(mismatches == [])
+            let empty = try db.query(
+                """
+                select idmerge.report_median_seconds(
+                    percentile_disc(idmerge.report_median_fractions()) within group (order by ms)) as m
+                from (select 1::bigint as ms where false) as s
+                """
+            ).rows
+            #expect(empty.count == 1 && empty[0]["m"] == nil, "no values: null")
+        }
+    }
+
+    /// A window or grace of a fraction of a millisecond leaves the fast path's bigint
+    /// arithmetic for the doubles: still equal to the engine, with stale people and without.
+    @Test func fractionalWindowAndGraceMatchTheEngine() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let stream = RandomStream(seed: 61, people: 60, names: ["A", "B", "C"])
+            let project = try Projects.create(name: "fraction", mode: .simplified, on: db).project
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            let objects = stream.objects()
+            let cut = objects.count / 2
+            _ = try importer.importBytes(try ndjson(Array(objects[..<cut])), name: "first half")
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            _ = try importer.importBytes(try ndjson(Array(objects[cut...])), name: "second half")
+            for phase in ["with stale people", "after nightly"] {
+                if phase == "after nightly" {
+                    _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+                }
+                for shape in [
+                    "p_window_seconds => 3600.0005", "p_grace_seconds => 1.0005",
+                    "p_window_seconds => 600, p_grace_seconds => 0",
+                    "p_window_seconds => 7200.25, p_grace_seconds => 3.0001",
+                ] {
+                    let arguments = "array['A', 'B', 'C'], " + shape
+                    let fast = try funnelRows(db, arguments, project: project.name)
+                    let engine = try funnelRows(
+                        db, arguments + ", p_exclusions => '[{\"event\": \"never happens\"}]'", project: project.name)
+                    #expect(fast == engine, "\(phase): \(shape)")
                 }
             }
         }
