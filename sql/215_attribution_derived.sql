@@ -12,7 +12,9 @@
 -- credits '(not set)'.
 --
 -- A query of its own, with parallel-safe functions only, so it may use parallel workers, each
--- crediting its share of the conversions and summing per touchpoint value.
+-- crediting its share of the conversions and summing per touchpoint value. Every conversion
+-- (no per-user rule) is credited by idmerge.attribution_derived_ranges: the people are cut into
+-- ranges of distinct_id, each range's join run whole by one process (see there).
 
 -- The touchpoint value credited by first touch (p_last false) or last touch of a conversion
 -- at (p_ms, p_seq), from the person's touches (p_times, p_seqs, p_vals: sorted by time, then
@@ -59,6 +61,174 @@ language sql immutable parallel safe as $$
             end
     end
 $$;
+
+-- Cut points that split the people with a p_conversion row into about p_parts ranges of
+-- distinct_id: the first and last such distinct_id (two probes of the primary key) and, between
+-- them, evenly spaced bounds of the column's histogram (pg_stats, from the nightly job's
+-- ANALYZE; none without statistics: then one range), or the given p_cuts that lie between them
+-- (tests). Sorted and distinct; empty when there is no such row. Only the balance of the ranges
+-- depends on the cuts, never the result.
+create or replace function idmerge.attribution_id_ranges(
+    p_project_id integer, p_conversion text, p_parts integer, p_cuts text[] default null
+)
+returns text[]
+language plpgsql stable
+set plan_cache_mode = force_custom_plan
+as $$
+declare
+    first_id text;
+    last_id text;
+    bounds text[];
+begin
+    select min(pe.distinct_id), max(pe.distinct_id) into first_id, last_id
+    from idmerge.report_person_events as pe
+    where pe.project_id = p_project_id and pe.event = p_conversion;
+    if first_id is null then
+        return '{}';
+    end if;
+    if p_cuts is not null then
+        return array(
+            select b
+            from (select first_id as b union select c from unnest(p_cuts) as c union select last_id) as cuts
+            where b >= first_id and b <= last_id
+            order by b);
+    end if;
+    select array(
+        select b from unnest(s.histogram_bounds::text::text[]) as b
+        where b > first_id and b < last_id
+        order by b)
+    into bounds
+    from pg_stats as s
+    where s.schemaname = 'idmerge' and s.tablename = 'report_person_events' and s.attname = 'distinct_id';
+    return array(
+        select b
+        from (
+            select first_id as b
+            union
+            select bounds[1 + (i * cardinality(bounds)) / p_parts]
+            from generate_series(1, p_parts - 1) as i
+            where cardinality(bounds) > 0
+            union
+            select last_id
+        ) as cuts
+        where b is not null
+        order by b);
+end
+$$;
+
+comment on function idmerge.attribution_id_ranges(integer, text, integer, text[]) is
+    'Sorted distinct_id cut points (first and last converting person included) splitting the people with a conversion row into about p_parts ranges, for idmerge.attribution_derived_ranges.';
+
+-- Every conversion's first- or last-touch credit (no per-user rule), summed per touchpoint value:
+-- idmerge.attribution_derived's query, run as a UNION ALL of ranges of distinct_id (cut points
+-- from idmerge.attribution_id_ranges: [c1, c2), [c2, c3), ..., [c(n-1), cn]), each range's
+-- three-way join on its own. PostgreSQL 15 has no parallel hash right join: one join over
+-- everyone either hashed the conversions in one process (serial) or had the workers build a
+-- shared hash table of every touchpoint row (about 150 bytes each, 820,255 rows at 5M events),
+-- which doubled the CPU time. Here a Parallel Append hands each range, a whole serial join (the
+-- range's conversions hashed, its touchpoint rows probing), to one process, and the processes
+-- sum their ranges' credit by partial aggregates; the touchpoint rows outside the converting
+-- people's span are not read at all. Partial scans are off (the minimum sizes), so a range is
+-- never split between processes (each process would then hash the whole range). The cut
+-- points are literals in the query text (one plan per call), the arguments parameters; p_cuts
+-- replaces the histogram's (tests: any cuts give the same answer).
+create or replace function idmerge.attribution_derived_ranges(
+    p_project_id integer,
+    p_conversion text,
+    p_touchpoint text,
+    p_value text,
+    p_last boolean,
+    p_lookback_seconds double precision,
+    p_from_ms bigint,
+    p_to_ms bigint,
+    p_skip text[],
+    p_cuts text[] default null
+)
+returns table (touchpoint text, conversions double precision, value double precision)
+language plpgsql stable
+set jit = off
+set parallel_setup_cost = 100
+set parallel_tuple_cost = 0.01
+set min_parallel_table_scan_size = '1TB'
+set min_parallel_index_scan_size = '1TB'
+set enable_seqscan = off
+set enable_indexscan = off
+set enable_mergejoin = off
+set enable_nestloop = off
+set enable_sort = off
+as $$
+declare
+    -- Six ranges for a leader and two workers: a process that finishes early takes the next.
+    cuts constant text[] := idmerge.attribution_id_ranges(p_project_id, p_conversion, 6, p_cuts);
+    ranges text[] := '{}';
+    lower_cut text;
+    upper_cut text;
+    upper_op text;
+begin
+    if cardinality(cuts) = 0 then
+        return;
+    end if;
+    for i in 1..greatest(cardinality(cuts) - 1, 1) loop
+        -- The range's bounds, for each table alias. A cut is data: only ever a %L literal,
+        -- and no text it is quoted into is formatted again (format does not rescan what it
+        -- inserts). The last range includes its upper cut.
+        lower_cut := cuts[i];
+        upper_cut := cuts[least(i + 1, cardinality(cuts))];
+        upper_op := case when i >= cardinality(cuts) - 1 then '<=' else '<' end;
+        -- The amount and touch of each conversion, as in idmerge.attribution_derived; the
+        -- conversions unnested in the select list (a ProjectSet, cheaper than a lateral
+        -- function scan per person). $1 project, $2 conversion, $3 touchpoint, $4 value,
+        -- $5 last touch, $6 lookback, $7 from, $8 to, $9 people to skip.
+        ranges := ranges || format($range$
+            select
+                idmerge.attribution_amount(u.value_vals[array_position(u.value_seqs, u.seq)]) as amount,
+                idmerge.attribution_touch(u.touch_times, u.touch_seqs, u.touch_vals, u.ms, u.seq, $6, $5) as touch_value
+            from (
+                select
+                    vp.seqs as value_seqs,
+                    vp.vals as value_vals,
+                    tp.times as touch_times,
+                    tp.seqs as touch_seqs,
+                    tp.vals as touch_vals,
+                    unnest(pe.times) as ms,
+                    unnest(pe.seqs) as seq
+                from (
+                    select pe.distinct_id, pe.times, pe.seqs
+                    from idmerge.report_person_events as pe
+                    where pe.project_id = $1 and pe.event = $2 and pe.distinct_id <> all($9) and %1$s
+                ) as pe
+                left join (
+                    select vp.distinct_id, vp.seqs, vp.vals
+                    from idmerge.report_person_props as vp
+                    where vp.project_id = $1 and vp.key = $4 and %2$s
+                ) as vp on vp.distinct_id = pe.distinct_id
+                left join (
+                    select tp.distinct_id, tp.times, tp.seqs, tp.vals
+                    from idmerge.report_person_props as tp
+                    where tp.project_id = $1 and tp.key = $3 and %3$s
+                ) as tp on tp.distinct_id = pe.distinct_id
+            ) as u
+            where ($7::bigint is null or u.ms >= $7) and ($8::bigint is null or u.ms < $8)$range$,
+            format('pe.distinct_id >= %L and pe.distinct_id %s %L', lower_cut, upper_op, upper_cut),
+            format('vp.distinct_id >= %L and vp.distinct_id %s %L', lower_cut, upper_op, upper_cut),
+            format('tp.distinct_id >= %L and tp.distinct_id %s %L', lower_cut, upper_op, upper_cut));
+    end loop;
+    return query execute format($query$
+        with credited as (%s
+        ),
+        final as (
+            select c.touch_value as touchpoint, sum(1.0::double precision) as conversions,
+                   sum(1.0::double precision * c.amount) as value
+            from credited as c
+            group by c.touch_value
+        )
+        select * from final$query$, array_to_string(ranges, E'\n            union all'))
+    using p_project_id, p_conversion, p_touchpoint, p_value, p_last, p_lookback_seconds, p_from_ms, p_to_ms, p_skip;
+end
+$$;
+
+comment on function idmerge.attribution_derived_ranges(integer, text, text, text, boolean, double precision, bigint, bigint, text[], text[]) is
+    'First- or last-touch credit of every conversion over the derived report tables (all people but p_skip), by ranges of distinct_id run in parallel: conversions and value per touchpoint value. See idmerge.attribution_derived.';
 
 create or replace function idmerge.attribution_derived(
     p_project_id integer,
@@ -154,32 +324,11 @@ begin
         return;
     end if;
 
-    -- Every conversion in the date range: one level, so the parallel workers compute each
-    -- conversion's credit and sum it per touchpoint value (partial aggregates).
+    -- Every conversion in the date range: by ranges of people, in parallel.
     return query
-    with credited as (
-        select
-            idmerge.attribution_amount(vp.vals[array_position(vp.seqs, u.seq)]) as amount,
-            idmerge.attribution_touch(tp.times, tp.seqs, tp.vals, u.ms, u.seq, p_lookback_seconds, p_last) as touch_value
-        from idmerge.report_person_events as pe
-        cross join lateral unnest(pe.times, pe.seqs) as u (ms, seq)
-        left join idmerge.report_person_props as vp
-            on vp.project_id = p_project_id and vp.key = p_value and vp.distinct_id = pe.distinct_id
-        left join idmerge.report_person_props as tp
-            on tp.project_id = p_project_id and tp.key = p_touchpoint and tp.distinct_id = pe.distinct_id
-        where pe.project_id = p_project_id
-            and pe.event = p_conversion
-            and pe.distinct_id <> all(p_skip)
-            and (p_from_ms is null or u.ms >= p_from_ms)
-            and (p_to_ms is null or u.ms < p_to_ms)
-    ),
-    final as (
-        select c.touch_value as touchpoint, sum(1.0::double precision) as conversions,
-               sum(1.0::double precision * c.amount) as value
-        from credited as c
-        group by c.touch_value
-    )
-    select * from final;
+    select r.touchpoint, r.conversions, r.value
+    from idmerge.attribution_derived_ranges(
+        p_project_id, p_conversion, p_touchpoint, p_value, p_last, p_lookback_seconds, p_from_ms, p_to_ms, p_skip) as r;
 end
 $$;
 

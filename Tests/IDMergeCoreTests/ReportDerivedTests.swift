@@ -160,6 +160,62 @@ struct ReportDerivedTests {
         }
     }
 
+    /// First and last touch over every conversion cut the converting people into ranges of
+    /// distinct_id (idmerge.attribution_derived_ranges, one process per range): whatever the cut
+    /// points (the histogram's, none, every person's own id, ids with quotes, backslashes and
+    /// format directives), the credit is the same, and equals brute force.
+    @Test func attributionRangesGiveOneAnswerWhateverTheCuts() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            for seed in UInt64(41)...43 {
+                let stream = RandomStream(seed: seed, people: 40, names: ["A", "B", "C", "X"])
+                let project = try Projects.create(name: "r\(seed)", mode: .simplified, on: db).project
+                _ = try Importer(connection: db, project: project, logger: TestDatabase.logger)
+                    .importBytes(try ndjson(stream.objects()), name: "random \(seed)")
+                _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+                let histogramCuts: Int = try db.query(
+                    "select cardinality(idmerge.attribution_id_ranges($1, 'C', 6)) as n", [project.id]
+                ).first!.decode("n")
+                #expect(histogramCuts > 2, "seed \(seed): the statistics cut the people into several ranges")
+                let cutLists: [String?] = [
+                    nil, "[]", "[\"u1\", \"u2\", \"u3\", \"u4\", \"u5\"]",
+                    "[\"u1'x\", \"u2\\\\\", \"u3%s\", \"u4%1$s\", \"u5'; select 1; --\", \"u6\\\"\", \"u\"]",
+                ]
+                for model in [AttributionQuery.Model.firstTouch, .lastTouch] {
+                    let expected = bruteForceAttribution(stream, model: model, lookback: 1800)
+                    let credited = Set(expected.filter { $0.value.0 > 1e-12 }.map(\.key))
+                    for (index, cuts) in (cutLists + ["everyone"]).enumerated() {
+                        let context = "seed \(seed) \(model) cuts \(index)"
+                        let rows = try db.query(
+                            """
+                            select r.touchpoint, r.conversions, r.value
+                            from idmerge.attribution_derived_ranges(
+                                $1, 'C', 'src', 'revenue', $2::boolean, 1800, null, null, '{}',
+                                case when $3::text is null then null when $3::text = 'everyone' then array(
+                                        select distinct_id from idmerge.report_person_events
+                                        where project_id = $1 and event = 'C')
+                                    else array(select jsonb_array_elements_text($3::text::jsonb)) end) as r
+                            """, [project.id, model == .lastTouch, cuts]
+                        ).rows
+                        var answer: [String: (conversions: Double, value: Double)] = [:]
+                        for row in rows {
+                            let touchpoint: String = try row.decode("touchpoint")
+                            answer[touchpoint] = (try row.decode("conversions"), try row.decode("value"))
+                        }
+                        let touchpoints = Set(answer.keys)
+                        #expect(touchpoints == credited, "\(context)")
+                        for (key, (conversions, value)) in expected where conversions > 1e-12 {
+                            let got = answer[key] ?? (0, 0)
+                            #expect(abs(got.conversions - conversions) < 1e-9, "\(context) \(key) conversions")
+                            #expect(abs(got.value - value) < 1e-6, "\(context) \(key) value")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Funnels of five and six steps (each step a subquery level of the fast path's chain):
     /// equal to brute force and to the engine, with stale people and without.
     @Test func longFunnelsMatchTheEngine() throws {
