@@ -129,9 +129,9 @@ comment on function idmerge.attribution_id_ranges(integer, text, integer, text[]
 -- range's conversions hashed, its touchpoint rows probing), to one process, and the processes
 -- sum their ranges' credit by partial aggregates; the touchpoint rows outside the converting
 -- people's span are not read at all. Partial scans are off (the minimum sizes), so a range is
--- never split between processes (each process would then hash the whole range). The cut
--- points are literals in the query text (one plan per call), the arguments parameters; p_cuts
--- replaces the histogram's (tests: any cuts give the same answer).
+-- never split between processes (each process would then hash the whole range). The query
+-- text holds only positions; the cut points are bound like the arguments ($10, an array; one
+-- plan per call); p_cuts replaces the histogram's (tests: any cuts give the same answer).
 create or replace function idmerge.attribution_derived_ranges(
     p_project_id integer,
     p_conversion text,
@@ -169,16 +169,16 @@ begin
         return;
     end if;
     for i in 1..greatest(cardinality(cuts) - 1, 1) loop
-        -- The range's bounds, for each table alias. A cut is data: only ever a %L literal,
-        -- and no text it is quoted into is formatted again (format does not rescan what it
-        -- inserts). The last range includes its upper cut.
-        lower_cut := cuts[i];
-        upper_cut := cuts[least(i + 1, cardinality(cuts))];
+        -- The range's bounds, for each table alias: the cuts are bound as parameter $10 (an
+        -- array); only their positions, integers, are written into the text. The last range
+        -- includes its upper cut.
+        lower_cut := format('$10[%s]', i);
+        upper_cut := format('$10[%s]', least(i + 1, cardinality(cuts)));
         upper_op := case when i >= cardinality(cuts) - 1 then '<=' else '<' end;
         -- The amount and touch of each conversion, as in idmerge.attribution_derived; the
         -- conversions unnested in the select list (a ProjectSet, cheaper than a lateral
         -- function scan per person). $1 project, $2 conversion, $3 touchpoint, $4 value,
-        -- $5 last touch, $6 lookback, $7 from, $8 to, $9 people to skip.
+        -- $5 last touch, $6 lookback, $7 from, $8 to, $9 people to skip, $10 the cuts.
         ranges := ranges || format($range$
             select
                 idmerge.attribution_amount(u.value_vals[array_position(u.value_seqs, u.seq)]) as amount,
@@ -209,9 +209,9 @@ begin
                 ) as tp on tp.distinct_id = pe.distinct_id
             ) as u
             where ($7::bigint is null or u.ms >= $7) and ($8::bigint is null or u.ms < $8)$range$,
-            format('pe.distinct_id >= %L and pe.distinct_id %s %L', lower_cut, upper_op, upper_cut),
-            format('vp.distinct_id >= %L and vp.distinct_id %s %L', lower_cut, upper_op, upper_cut),
-            format('tp.distinct_id >= %L and tp.distinct_id %s %L', lower_cut, upper_op, upper_cut));
+            format('pe.distinct_id >= %s and pe.distinct_id %s %s', lower_cut, upper_op, upper_cut),
+            format('vp.distinct_id >= %s and vp.distinct_id %s %s', lower_cut, upper_op, upper_cut),
+            format('tp.distinct_id >= %s and tp.distinct_id %s %s', lower_cut, upper_op, upper_cut));
     end loop;
     return query execute format($query$
         with credited as (%s
@@ -223,7 +223,8 @@ begin
             group by c.touch_value
         )
         select * from final$query$, array_to_string(ranges, E'\n            union all'))
-    using p_project_id, p_conversion, p_touchpoint, p_value, p_last, p_lookback_seconds, p_from_ms, p_to_ms, p_skip;
+    using p_project_id, p_conversion, p_touchpoint, p_value, p_last, p_lookback_seconds, p_from_ms, p_to_ms, p_skip,
+        cuts;
 end
 $$;
 
