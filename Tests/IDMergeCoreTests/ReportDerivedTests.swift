@@ -549,4 +549,30 @@ struct ReportDerivedTests {
             #expect(!plan.contains("report_ms"), "inlined: \(plan)")
         }
     }
+
+    /// A refresh that fails beside the rewrite fails the run, and says so: the error and the
+    /// run's recorded message name the report tables' refresh; the rewrite's chunks stay.
+    @Test func aFailedRefreshBesideTheRewriteIsNamed() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            let (anonymous, links) = try anonymousThenLinked(devices: 10, perDevice: 2, prefix: "readonly-")
+            _ = try importer.importBytes(anonymous, name: "anonymous devices")
+            _ = try importer.importBytes(links, name: "links")
+            var job = NightlyJob(connection: db, project: project, logger: TestDatabase.logger)
+            job.reportConnection = {
+                let connection = try TestDatabase.connect(conninfo)
+                try connection.execute("set default_transaction_read_only = on")
+                return connection
+            }
+            #expect(throws: NightlyJob.ReportRefreshFailed.self) { _ = try job.run() }
+            let run = try db.query("select outcome, message, links_applied from idmerge.job_runs").first!
+            #expect(run["outcome"] == "failed")
+            #expect(run["message"]?.contains("refresh of the report tables failed") == true)
+            #expect(try run.decode("links_applied") as Int == 10)
+            #expect(try invariantViolations(db, projectId: project.id) == 0)
+        }
+    }
 }

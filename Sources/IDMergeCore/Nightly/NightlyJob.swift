@@ -59,6 +59,9 @@ public struct NightlyJob {
     /// - Returns: the people rewritten.
     /// - Throws: ``PostgresError``.
     static func refreshReportTables(projectId: Int, on connection: Connection) throws -> Int {
+        // A refresh whose client is gone (kill -9) cannot commit: its backend stops within a
+        // second instead of working on beside the next run.
+        try connection.execute("set client_connection_check_interval = '1s'")
         let (people, full) = try connection.transaction { connection -> (Int, Bool) in
             try connection.execute("set transaction isolation level repeatable read")
             // The tables are an unlogged cache (emptied by a crash; reports then read the live
@@ -74,6 +77,13 @@ public struct NightlyJob {
                 "vacuum (analyze) idmerge.report_person_events, idmerge.report_person_props, idmerge.report_person_ids")
         }
         return people
+    }
+
+    /// The refresh of the report tables beside the rewrite failed (the rewrite's committed
+    /// chunks stay; reports read the stale people from the live view until the next run).
+    public struct ReportRefreshFailed: Error, CustomStringConvertible {
+        public var underlying: any Error
+        public var description: String { "the refresh of the report tables failed: \(underlying)" }
     }
 
     /// Another run holds the project's nightly lock.
@@ -97,6 +107,13 @@ public struct NightlyJob {
     public func run(wait: Bool = true) throws -> Result {
         let result = try connection.withAdvisoryLock(key: Self.lockKey(projectId: project.id), wait: wait) {
             () throws -> Result in
+            // The refresh starts first (it needs nothing of what follows), so its connection
+            // opens while this one records the run.
+            let concurrentRefresh = reportConnection.map { open in
+                ConcurrentRefresh(projectId: project.id, open: open)
+            }
+            // Whatever happens below, the refresh's connection ends before the lock is let go.
+            defer { _ = concurrentRefresh?.wait() }
             // Runs left 'running' by a crash cannot be running now: we hold the lock.
             try connection.query(
                 """
@@ -118,9 +135,6 @@ public struct NightlyJob {
             var rewriteSeconds = 0.0
             var reportSeconds = 0.0
             let rewriteStart = Date()
-            let concurrentRefresh = reportConnection.map { open in
-                ConcurrentRefresh(projectId: project.id, open: open)
-            }
             let serialRefresh = { () throws -> (Int, Double) in
                 let start = Date()
                 let people = try Self.refreshReportTables(projectId: project.id, on: connection)
@@ -158,13 +172,17 @@ public struct NightlyJob {
                 rewriteSeconds = Date().timeIntervalSince(rewriteStart)
                 switch concurrentRefresh?.wait() {
                 case .refreshed(let refreshed):
-                    (reportPeople, reportSeconds) = try refreshed.get()
+                    do {
+                        (reportPeople, reportSeconds) = try refreshed.get()
+                    } catch {
+                        throw ReportRefreshFailed(underlying: error)
+                    }
                 case .notConnected(let error):
                     // No second connection (max_connections, a pooler's limit): the refresh
                     // runs after the rewrite, on this one.
+                    let reason = (error as? ConnectionFailure)?.libpqMessage ?? "\(error)"
                     logger.warning(
-                        "report tables refreshed after the rewrite: no second connection",
-                        metadata: ["error": "\(error)"])
+                        "no second connection (\(reason)): the report tables are refreshed after the rewrite")
                     (reportPeople, reportSeconds) = try serialRefresh()
                 case nil:
                     (reportPeople, reportSeconds) = try serialRefresh()
