@@ -23,6 +23,43 @@ let derivedTablesDigest = """
             from idmerge.report_event_names where project_id = $1) as names
     """
 
+/// An event object again with other properties: a duplicate that replaces the stored copy
+/// (the latest copy wins).
+func replacedCopy(_ object: Any) -> [String: Any] {
+    var again = object as! [String: Any]
+    var properties = again["properties"] as! [String: Any]
+    properties["src"] = "replaced"
+    again["properties"] = properties
+    return again
+}
+
+/// Rebuilds a project's derived tables in full and expects them as they were: the digest of
+/// the tables before the rebuild, column by column, against the one after. Returns the latter.
+@discardableResult
+func expectDerivedTablesEqualAFullRebuild(_ db: Connection, projectId: Int, _ context: String = "") throws -> Row {
+    let before = try db.query(derivedTablesDigest, [projectId]).first!
+    try db.transaction { db in
+        try db.execute("set transaction isolation level repeatable read")
+        _ = try db.query("select * from idmerge.refresh_report_tables($1, true)", [projectId])
+    }
+    let full = try db.query(derivedTablesDigest, [projectId]).first!
+    for column in ["events", "props", "ids", "state", "names"] {
+        #expect(before[column] == full[column], "\(context) \(column)")
+    }
+    return full
+}
+
+/// Imports the first half of the objects, runs the nightly job, imports the second half: the
+/// derived tables then hold the first half, and the people of the second are stale.
+func importHalvesWithANightlyRunBetween(
+    _ objects: [Any], importer: Importer, project: Project, on db: Connection
+) throws {
+    let cut = objects.count / 2
+    _ = try importer.importBytes(try ndjson(Array(objects[..<cut])), name: "first half")
+    _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+    _ = try importer.importBytes(try ndjson(Array(objects[cut...])), name: "second half")
+}
+
 /// The random stream's first `count` arrivals: what the database holds after importing them.
 func prefix(_ stream: RandomStream, _ count: Int) -> RandomStream {
     var copy = stream
@@ -227,11 +264,7 @@ struct ReportDerivedTests {
                 let stream = RandomStream(seed: seed, people: 60, names: names)
                 let project = try Projects.create(name: "long\(seed)", mode: .simplified, on: db).project
                 let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
-                let objects = stream.objects()
-                let cut = objects.count / 2
-                _ = try importer.importBytes(try ndjson(Array(objects[..<cut])), name: "first half")
-                _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
-                _ = try importer.importBytes(try ndjson(Array(objects[cut...])), name: "second half")
+                try importHalvesWithANightlyRunBetween(stream.objects(), importer: importer, project: project, on: db)
                 for phase in ["with stale people", "after nightly"] {
                     if phase == "after nightly" {
                         _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
@@ -314,11 +347,7 @@ struct ReportDerivedTests {
             let stream = RandomStream(seed: 61, people: 60, names: ["A", "B", "C"])
             let project = try Projects.create(name: "fraction", mode: .simplified, on: db).project
             let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
-            let objects = stream.objects()
-            let cut = objects.count / 2
-            _ = try importer.importBytes(try ndjson(Array(objects[..<cut])), name: "first half")
-            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
-            _ = try importer.importBytes(try ndjson(Array(objects[cut...])), name: "second half")
+            try importHalvesWithANightlyRunBetween(stream.objects(), importer: importer, project: project, on: db)
             for phase in ["with stale people", "after nightly"] {
                 if phase == "after nightly" {
                     _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
@@ -418,26 +447,15 @@ struct ReportDerivedTests {
             _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
             // The rest, and one event of the first half again with other properties (a
             // replaced duplicate: the latest copy wins).
-            var again = objects[0] as! [String: Any]
-            var properties = again["properties"] as! [String: Any]
-            properties["src"] = "replaced"
-            again["properties"] = properties
-            _ = try importer.importBytes(try ndjson(Array(objects[cut...]) + [again]), name: "second half")
+            _ = try importer.importBytes(
+                try ndjson(Array(objects[cut...]) + [replacedCopy(objects[0])]), name: "second half")
             let refreshed = try db.transaction { db -> Bool in
                 try db.execute("set transaction isolation level repeatable read")
                 return try db.query("select full_rebuild from idmerge.refresh_report_tables($1)", [project.id])
                     .first!.decode("full_rebuild")
             }
             #expect(!refreshed, "an incremental refresh")
-            let incremental = try db.query(derivedTablesDigest, [project.id]).first!
-            try db.transaction { db in
-                try db.execute("set transaction isolation level repeatable read")
-                _ = try db.query("select * from idmerge.refresh_report_tables($1, true)", [project.id])
-            }
-            let full = try db.query(derivedTablesDigest, [project.id]).first!
-            for column in ["events", "props", "ids", "state", "names"] {
-                #expect(incremental[column] == full[column], "\(column)")
-            }
+            let full = try expectDerivedTablesEqualAFullRebuild(db, projectId: project.id, "incremental")
             // Nothing changed since: the refresh rewrites no one and leaves the tables as they are
             // (the early exit that keeps a nightly run with nothing to do cheap).
             let idle = try db.transaction { db -> (Int, Bool) in
@@ -474,11 +492,8 @@ struct ReportDerivedTests {
             _ = try importer.importBytes(anonymous, name: "anonymous devices")
             let first = try job.run()
             #expect(first.reportPeopleRefreshed > 0, "the first run builds the tables")
-            var again = objects[0] as! [String: Any]
-            var properties = again["properties"] as! [String: Any]
-            properties["src"] = "replaced"
-            again["properties"] = properties
-            _ = try importer.importBytes(try ndjson(Array(objects[cut...]) + [again]), name: "second half")
+            _ = try importer.importBytes(
+                try ndjson(Array(objects[cut...]) + [replacedCopy(objects[0])]), name: "second half")
             _ = try importer.importBytes(links, name: "links")
             let second = try job.run()
             #expect(second.linksApplied >= 50 && second.reportPeopleRefreshed >= 50)
@@ -487,15 +502,7 @@ struct ReportDerivedTests {
             ).first!.decode("n")
             #expect(stale == 0)
             #expect(try invariantViolations(db, projectId: project.id) == 0)
-            let concurrent = try db.query(derivedTablesDigest, [project.id]).first!
-            try db.transaction { db in
-                try db.execute("set transaction isolation level repeatable read")
-                _ = try db.query("select * from idmerge.refresh_report_tables($1, true)", [project.id])
-            }
-            let full = try db.query(derivedTablesDigest, [project.id]).first!
-            for column in ["events", "props", "ids", "state", "names"] {
-                #expect(concurrent[column] == full[column], "\(column)")
-            }
+            try expectDerivedTablesEqualAFullRebuild(db, projectId: project.id, "beside the rewrite")
             let outcomes = try db.query("select outcome from idmerge.job_runs order by id").rows.map { $0["outcome"] }
             #expect(outcomes == ["succeeded", "succeeded"])
         }
