@@ -73,8 +73,14 @@ public struct NightlyJob {
             return (try row.decode("people"), try row.decode("full_rebuild"))
         }
         if full {
+            // identity_map too: the next refreshes (and report_stale_people, in every report)
+            // find the links since as_of_seq by its BRIN index on seq, which the planner
+            // picks only with statistics; without them it reads every link of the project,
+            // as when the first nightly run follows a large import before autovacuum has
+            // analyzed the map.
             try connection.execute(
-                "vacuum (analyze) idmerge.report_person_events, idmerge.report_person_props, idmerge.report_person_ids")
+                "vacuum (analyze) idmerge.report_person_events, idmerge.report_person_props, "
+                    + "idmerge.report_person_ids, idmerge.identity_map")
         }
         return people
     }
