@@ -104,10 +104,18 @@ struct NightlyTests {
                 other.close()
             }
             let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            _ = try importer.importBytes(try anonymousThenLinked(devices: 3, perDevice: 2).0, name: "anonymous")
             try other.query("select pg_advisory_lock($1)", [NightlyJob.lockKey(projectId: project.id)])
-            #expect(throws: NightlyJob.LockBusy.self) {
-                try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run(wait: false)
-            }
+            // The refresh's connection opens before the lock is tried; it must not refresh
+            // without the lock.
+            var job = NightlyJob(connection: db, project: project, logger: TestDatabase.logger)
+            job.reportConnection = { try TestDatabase.connect(conninfo) }
+            #expect(throws: NightlyJob.LockBusy.self) { try job.run(wait: false) }
+            let state = try db.query("select count(*) as n from idmerge.report_state").first!
+            #expect(try state.decode("n") as Int == 0)
+            let runs = try db.query("select count(*) as n from idmerge.job_runs").first!
+            #expect(try runs.decode("n") as Int == 0)
         }
     }
 

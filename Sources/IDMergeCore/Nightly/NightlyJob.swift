@@ -111,13 +111,20 @@ public struct NightlyJob {
     /// - Throws: ``LockBusy``; ``PostgresError`` (the run is recorded as failed, and the
     ///   chunks committed before the failure stay).
     public func run(wait: Bool = true) throws -> Result {
+        // The refresh's connection opens at once, while this one takes the lock; the refresh
+        // itself starts once the lock is held (it needs nothing of what follows it), and never
+        // without it.
+        let concurrentRefresh = reportConnection.map { open in
+            ConcurrentRefresh(projectId: project.id, open: open)
+        }
+        // The lock busy or not taken: the connection closes without refreshing.
+        defer {
+            concurrentRefresh?.cancel()
+            _ = concurrentRefresh?.wait()
+        }
         let result = try connection.withAdvisoryLock(key: Self.lockKey(projectId: project.id), wait: wait) {
             () throws -> Result in
-            // The refresh starts first (it needs nothing of what follows), so its connection
-            // opens while this one records the run.
-            let concurrentRefresh = reportConnection.map { open in
-                ConcurrentRefresh(projectId: project.id, open: open)
-            }
+            concurrentRefresh?.begin()
             // Whatever happens below, the refresh's connection ends before the lock is let go.
             defer { _ = concurrentRefresh?.wait() }
             // Runs left 'running' by a crash cannot be running now: we hold the lock.
@@ -190,7 +197,7 @@ public struct NightlyJob {
                     logger.warning(
                         "no second connection (\(reason)): the report tables are refreshed after the rewrite")
                     (reportPeople, reportSeconds) = try serialRefresh()
-                case nil:
+                case .cancelled, nil:
                     (reportPeople, reportSeconds) = try serialRefresh()
                 }
                 try connection.query(
@@ -214,31 +221,43 @@ public struct NightlyJob {
 }
 
 /// The refresh of a project's derived report tables on a connection of its own, on a thread of
-/// its own, started at once; ``wait()`` returns what it did. The connection is closed when the
-/// refresh ends, whatever the outcome.
+/// its own: the connection opens at once, the refresh starts at ``begin()`` (or never, after
+/// ``cancel()``), and ``wait()`` returns what the thread did. The connection is closed when the
+/// thread ends, whatever the outcome.
 private final class ConcurrentRefresh: @unchecked Sendable {
-    /// What the thread did: the refresh's result, or the error that opening its connection
-    /// threw (then nothing was refreshed).
+    /// What the thread did: the refresh's result; the error that opening its connection threw
+    /// (then nothing was refreshed); or nothing, cancelled before it began.
     enum Outcome {
         case refreshed(Result<(people: Int, seconds: Double), any Error>)
         case notConnected(any Error)
+        case cancelled
     }
     private let done = DispatchSemaphore(value: 0)
+    private let go = DispatchSemaphore(value: 0)
+    private let gate = NSLock()
+    // Set under `gate` before `go` is signalled, read by the thread after it.
+    private var decided = false
+    private var cancelled = false
     // Written by the thread before it signals `done`, read only after the wait.
     private var outcome: Outcome?
     private var waited: Outcome?
 
     init(projectId: Int, open: @escaping @Sendable () throws -> Connection) {
         let thread = Thread { [self] in
-            let start = Date()
             do {
                 let connection = try open()
                 defer { connection.close() }
-                outcome = .refreshed(
-                    Result {
-                        let people = try NightlyJob.refreshReportTables(projectId: projectId, on: connection)
-                        return (people, Date().timeIntervalSince(start))
-                    })
+                go.wait()
+                if cancelled {
+                    outcome = .cancelled
+                } else {
+                    let start = Date()
+                    outcome = .refreshed(
+                        Result {
+                            let people = try NightlyJob.refreshReportTables(projectId: projectId, on: connection)
+                            return (people, Date().timeIntervalSince(start))
+                        })
+                }
             } catch {
                 outcome = .notConnected(error)
             }
@@ -248,7 +267,24 @@ private final class ConcurrentRefresh: @unchecked Sendable {
         thread.start()
     }
 
-    /// Blocks until the refresh has ended (at once after the first call).
+    /// Lets the refresh start (the caller holds the project's nightly lock). Only the first of
+    /// ``begin()`` and ``cancel()`` counts.
+    func begin() { decide(cancel: false) }
+
+    /// Ends the thread without refreshing, unless ``begin()`` came first.
+    func cancel() { decide(cancel: true) }
+
+    private func decide(cancel: Bool) {
+        gate.lock()
+        defer { gate.unlock() }
+        guard !decided else { return }
+        decided = true
+        cancelled = cancel
+        go.signal()
+    }
+
+    /// Blocks until the thread has ended (at once after the first call); call ``begin()`` or
+    /// ``cancel()`` first.
     ///
     /// - Returns: what the thread did.
     func wait() -> Outcome {
