@@ -103,12 +103,17 @@ $$;
 -- probes the events' and report_person_ids' indexes once per id). Sequential scans are off
 -- for this function because, for a few thousand ids, the planner prices those probes above
 -- a scan of every event (it took 0.6 s instead of 0.07 s at 1M events for 2,700 ids), and
--- parallel workers are too: they take longer to start than such reads take.
+-- parallel workers are too: they take longer to start than such reads take. Nested loops are
+-- off as well: the live view joins the events to the links not yet rewritten, and with
+-- statistics taken when there were none (after a nightly run) the planner expects one such
+-- link and rescans them all for every event (1.0 s instead of 0.11 s for 1,348 new links at
+-- 1M events); hashing them costs one pass.
 create or replace function idmerge.report_stale_people(p_project_id integer)
 returns text[]
 language plpgsql stable
 set plan_cache_mode = force_custom_plan
 set enable_seqscan = off
+set enable_nestloop = off
 set max_parallel_workers_per_gather = 0
 as $$
 declare
@@ -178,8 +183,8 @@ $$;
 
 -- The live events of p_people (all people when p_people is null), with the live view's
 -- columns that reports read. For a list of people, their ids' events are read by index and
--- serially (as in report_stale_people); for all people, by a (serial) scan: reports that
--- read everyone scan the live view themselves.
+-- serially, nested loops off (as in report_stale_people); for all people, by a (serial)
+-- scan: reports that read everyone scan the live view themselves.
 drop function if exists idmerge.report_people_events(integer, text[]);
 
 create or replace function idmerge.report_people_events(p_project_id integer, p_people text[])
@@ -194,6 +199,7 @@ returns table (
 language plpgsql stable
 set plan_cache_mode = force_custom_plan
 set enable_seqscan = off
+set enable_nestloop = off
 set max_parallel_workers_per_gather = 0
 as $$
 #variable_conflict use_column
@@ -286,10 +292,11 @@ begin
         where i.project_id = p_project_id and i.ingested_distinct_id = any(changed);
         -- Their live events: those stored (or replaced, with a new seq) since as_of_seq, all of
         -- changed ids, by the BRIN on seq; and the older events of the ids found above. The
-        -- live view's join to the pending links hashes them (as few as the links not yet
-        -- rewritten): with statistics on identity_map the planner probes its primary key once
-        -- per event instead, which costs more (callgrind: 74 M instructions more for 4,769
-        -- events of 1,348 links at 1M events).
+        -- live view's join to the links not yet rewritten hashes them, here and below, as in
+        -- report_stale_people (nested loops are off for the incremental refresh; restored at
+        -- exit): with statistics on identity_map the planner probes its primary key once per
+        -- event instead (74 M instructions more for 4,769 events of 1,348 links at 1M events),
+        -- or, with statistics taken when no link was pending, rescans them all per event.
         perform set_config('enable_nestloop', 'off', true);
         create temp table idmerge_report_changed_events on commit drop as
         select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
@@ -303,7 +310,6 @@ begin
         where r.project_id = p_project_id and r.ingest_seq <= as_of
             and r.ingested_distinct_id = any(array(
                 select distinct c.ingested_distinct_id from pg_temp.idmerge_report_changed_ids as c));
-        perform set_config('enable_nestloop', 'on', true);
         stale := array(
             select c.distinct_id collate "C" from pg_temp.idmerge_report_changed_ids as c
             union

@@ -63,6 +63,9 @@ returns table (
 )
 language plpgsql stable
 set plan_cache_mode = force_custom_plan
+-- The live view's join to the links not yet rewritten is hashed, never rescanned per event
+-- (report_stale_people, sql/150, says why).
+set enable_nestloop = off
 set jit = off
 as $$
 declare
