@@ -26,12 +26,12 @@
 -- aggregate every step's count and times to convert.
 --
 -- Parallel workers read the step-2 rows and compute each row's chain and times (one fenced
--- subquery level per step, sql/204); the leader aggregates the rows they send. Its part (the
--- two medians' sorts above all) bounds the query, so what can move to the workers does, and
--- without stale people the medians sort bigint milliseconds. Measured and dropped (see
--- BENCHMARKS.md, session 4): a combinable median aggregate (array_append, combined by
--- array_cat, the median computed by the leader from the arrays) costs the leader more than
--- these sorts, and a Gather Merge presorting one step's times costs more than it saves.
+-- subquery level per step, sql/204). Without stale people they also aggregate: counts, sums,
+-- and for each step's median only the values in a band around it, found by a sample first
+-- (see below), so the leader receives one row per worker and sorts the bands alone. Before
+-- (session 4) the leader received every row and sorted every value, which bounded the query;
+-- a combinable aggregate of every value cost the leader more than those sorts (BENCHMARKS.md).
+-- With stale people the leader aggregates the rows and the engine's attempts, as before.
 --
 -- The engine (a PL/pgSQL function, parallel unsafe) runs first, for the stale people alone,
 -- and its attempts are passed to the query as arrays, so the query over the derived rows can
