@@ -240,8 +240,10 @@ begin
             -- rounded once.
             band_lo := array_fill(-wide, array[steps_count]);
             band_hi := array_fill(wide, array[steps_count]);
-            select n.people into sample_rows
-            from idmerge.report_event_names as n where n.project_id = p_project_id and n.event = p_steps[2];
+            -- The step-2 rows (none for a name the tables never saw).
+            sample_rows := coalesce((
+                select n.people from idmerge.report_event_names as n
+                where n.project_id = p_project_id and n.event = p_steps[2]), 0);
             select c.relpages into sample_pages from pg_class as c where c.oid = 'idmerge.report_person_events'::regclass;
             sample_percent := least(100, 100.0 * 3000 / greatest(sample_rows, 1));
             -- Test hook (Tests/IDMergeCoreTests/ReportDerivedTests.swift): 'sample' samples
