@@ -26,12 +26,12 @@
 -- aggregate every step's count and times to convert.
 --
 -- Parallel workers read the step-2 rows and compute each row's chain and times (one fenced
--- subquery level per step, sql/204); the leader aggregates the rows they send. Its part (the
--- two medians' sorts above all) bounds the query, so what can move to the workers does, and
--- without stale people the medians sort bigint milliseconds. Measured and dropped (see
--- BENCHMARKS.md, session 4): a combinable median aggregate (array_append, combined by
--- array_cat, the median computed by the leader from the arrays) costs the leader more than
--- these sorts, and a Gather Merge presorting one step's times costs more than it saves.
+-- subquery level per step, sql/204). Without stale people they also aggregate: counts, sums,
+-- and for each step's median only the values in a band around it, found by a sample first
+-- (see below), so the leader receives one row per worker and sorts the bands alone. Before
+-- (session 4) the leader received every row and sorted every value, which bounded the query;
+-- a combinable aggregate of every value cost the leader more than those sorts (BENCHMARKS.md).
+-- With stale people the leader aggregates the rows and the engine's attempts, as before.
 --
 -- The engine (a PL/pgSQL function, parallel unsafe) runs first, for the stale people alone,
 -- and its attempts are passed to the query as arrays, so the query over the derived rows can
@@ -94,8 +94,33 @@ declare
     aggregates text;
     per_step text;
     j integer;
+    -- Without engine attempts, the medians from a band around each (see below): its bounds
+    -- per step ($16, $17), then each step's count, median and average ($18 to $20) and the
+    -- completions still open ($21), computed first; $22 the sample's percentage of pages.
+    wide constant bigint := 4611686018427387904;  -- 2^62: beyond any difference of times
+    band_lo bigint[];
+    band_hi bigint[];
+    band_ok boolean;
+    step_counts bigint[];
+    step_medians double precision[];
+    step_averages double precision[];
+    open_count bigint;
+    sample_percent double precision;
+    sample_rows bigint;
+    sample_pages bigint;
+    sample record;
+    band_test text;
+    d integer;
 begin
-    newest_ms := idmerge.report_newest_ms(p_project_id);
+    -- The newest event time: the tables' own when nothing was stored since they were built
+    -- (as in idmerge.funnel), else report_newest_ms (which also reads the events since).
+    select s.newest_ms into newest_ms
+    from idmerge.report_state as s
+    inner join idmerge.projects as p on p.id = s.project_id
+    where s.project_id = p_project_id and p.last_seq <= s.as_of_seq;
+    if not found then
+        newest_ms := idmerge.report_newest_ms(p_project_id);
+    end if;
     -- Each step's block of timeline keys: its name's number times 2^42 (null for a name the
     -- tables never saw: no one has such an event).
     select array_agg(n.id::bigint * block order by s.k) into blocks
@@ -154,7 +179,7 @@ begin
         -- operand detoasted): each search reads the array twice, and an array stored inline
         -- with a short header is copied at every read.
         chain := 'select r.person_keys || ''{}''::bigint[] as keys, idmerge.planner_fence() as fence
-             from idmerge.report_person_events as r
+             from idmerge.report_person_events as r{sample}
              where r.project_id = $1 and r.event = $2[2]'
             || case when cardinality(p_skip) > 0 then ' and r.distinct_id <> all($3)' else '' end;
         for j in 1 .. steps_count loop
@@ -197,29 +222,107 @@ begin
                 (select string_agg(format('case when $9[i] >= %1$s then $10[i][%1$s] end', k), ', ')
                  from generate_series(2, steps_count) as k));
         end if;
-        -- The medians: percentile_cont(0.5). Without engine attempts, of the milliseconds,
-        -- whose sort (bigint) is cheaper than that of the seconds (double precision): the two
-        -- middle values (percentile_disc, sql/204), interpolated as percentile_cont does, give
-        -- the same double as percentile_cont of the seconds. The average is the sum of the
-        -- seconds over their count (the same double as avg), each converted by the leader
-        -- (less work in all than the workers sending the seconds too).
-        aggregates := format('select %s, count(*) filter (where x.open) as open from (%s) as x',
-            (select string_agg(format(
-                case when by_ms then
-                    'count(x.v%1$s) as count%1$s,
-                     idmerge.report_median_seconds(percentile_disc(idmerge.report_median_fractions()) within group (order by x.v%1$s)) as median%1$s,
-                     sum(x.v%1$s::double precision / 1000) / count(x.v%1$s) as average%1$s'
-                else
+        if by_ms then
+            -- The medians from bands. Sorting every value in the leader, after the workers
+            -- have sent each row, bounded the query; so a first, small query takes a sample of
+            -- the step-2 rows (TABLESAMPLE SYSTEM: about 3,000 rows, whole pages) and puts a
+            -- band around each step's median: the sample's values 3 * sqrt(m) ranks either
+            -- side of its middle (m values). The main query then counts, in the workers, each
+            -- step's values, those below its band, and their sum, and collects the values
+            -- within it (idmerge.report_collect_ms): partial aggregates, so the leader
+            -- receives one row per worker and sorts only the band's values. When a band does
+            -- not hold the two middle values (a sample far off), the query runs again with
+            -- bands holding every value. Either way the median is the exact one
+            -- (idmerge.report_band_median_seconds, sql/204): the same double as
+            -- percentile_cont of the seconds. With few step-2 rows, or a sample that would
+            -- read too many pages of other names, the bands hold every value from the start.
+            -- The average is the exact sum of the milliseconds over 1000 times their count,
+            -- rounded once.
+            band_lo := array_fill(-wide, array[steps_count]);
+            band_hi := array_fill(wide, array[steps_count]);
+            -- The step-2 rows (none for a name the tables never saw).
+            sample_rows := coalesce((
+                select n.people from idmerge.report_event_names as n
+                where n.project_id = p_project_id and n.event = p_steps[2]), 0);
+            select c.relpages into sample_pages from pg_class as c where c.oid = 'idmerge.report_person_events'::regclass;
+            sample_percent := least(100, 100.0 * 3000 / greatest(sample_rows, 1));
+            -- Test hook (Tests/IDMergeCoreTests/ReportDerivedTests.swift): 'sample' samples
+            -- every row whatever the sizes, with bands one rank either side of the middle;
+            -- 'miss' starts from bands that hold no value.
+            band_test := current_setting('idmerge.funnel_band_test', true);
+            if band_test = 'sample' then
+                sample_percent := 100;
+            elsif band_test = 'miss' then
+                band_lo := array_fill(wide - 1, array[steps_count]);
+                sample_percent := null;
+            elsif sample_rows < 50000 or sample_pages * sample_percent / 100 > sample_rows / 20 then
+                sample_percent := null;
+            end if;
+            if sample_percent is not null then
+                for sample in execute format(
+                    'select s.k + 1 as step, array_agg(s.v order by s.v) as vals
+                     from (%s) as x
+                     cross join lateral unnest(array[%s]) with ordinality as s (v, k)
+                     where s.v is not null
+                     group by s.k',
+                    replace(rows_sql, '{sample}', ' tablesample system ($22)'),
+                    (select string_agg('x.v' || k, ', ') from generate_series(2, steps_count) as k))
+                    using p_project_id, p_steps, coalesce(p_skip, '{}'), from_ms, to_ms, window_ms, grace_ms, newest_ms,
+                          engine_reached, engine_seconds, engine_entries, engine_in_progress, blocks, window_whole_ms,
+                          grace_whole_ms, band_lo, band_hi, step_counts, step_medians, step_averages, open_count,
+                          sample_percent
+                loop
+                    j := cardinality(sample.vals);
+                    d := case when band_test = 'sample' then 1 else ceil(3 * sqrt(j)) end;
+                    if j >= 100 or band_test = 'sample' then
+                        band_lo[sample.step] := sample.vals[greatest(1, j / 2 - d)];
+                        band_hi[sample.step] := sample.vals[least(j, j / 2 + 1 + d)];
+                    end if;
+                end loop;
+            end if;
+            aggregates := format('select %s and true as ok, array[null, %s]::bigint[] as counts,
+                    array[null, %s]::double precision[] as medians, array[null, %s]::double precision[] as averages,
+                    count(*) filter (where x.open) as open
+                from (%s) as x',
+                (select string_agg(format(
+                    'idmerge.report_band_holds_median(count(x.v%1$s), count(*) filter (where x.v%1$s < $16[%1$s]),
+                         idmerge.report_collect_ms(x.v%1$s) filter (where x.v%1$s between $16[%1$s] and $17[%1$s]))', k), ' and ')
+                 from generate_series(2, steps_count) as k),
+                (select string_agg(format('count(x.v%s)', k), ', ') from generate_series(2, steps_count) as k),
+                (select string_agg(format(
+                    'idmerge.report_band_median_seconds(count(x.v%1$s), count(*) filter (where x.v%1$s < $16[%1$s]),
+                         idmerge.report_collect_ms(x.v%1$s) filter (where x.v%1$s between $16[%1$s] and $17[%1$s]))', k), ', ')
+                 from generate_series(2, steps_count) as k),
+                (select string_agg(format('(sum(x.v%1$s) / (1000 * nullif(count(x.v%1$s), 0)))::double precision', k), ', ')
+                 from generate_series(2, steps_count) as k),
+                replace(rows_sql, '{sample}', ''));
+            loop
+                execute aggregates into band_ok, step_counts, step_medians, step_averages, open_count
+                    using p_project_id, p_steps, coalesce(p_skip, '{}'), from_ms, to_ms, window_ms, grace_ms, newest_ms,
+                          engine_reached, engine_seconds, engine_entries, engine_in_progress, blocks, window_whole_ms,
+                          grace_whole_ms, band_lo, band_hi;
+                exit when band_ok;
+                band_lo := array_fill(-wide, array[steps_count]);
+                band_hi := array_fill(wide, array[steps_count]);
+            end loop;
+            aggregates := 'select $21::bigint as open';
+            per_step := format('select k as step, $18[k] as count, $19[k] as median, $20[k] as average
+                from generate_series(2, %s) as k', steps_count);
+        else
+            -- With engine attempts: percentile_cont of the seconds, and the sum of the seconds
+            -- over their count (the same double as avg).
+            aggregates := format('select %s, count(*) filter (where x.open) as open from (%s) as x',
+                (select string_agg(format(
                     'count(x.s%1$s) as count%1$s,
                      percentile_cont(0.5) within group (order by x.s%1$s) as median%1$s,
-                     sum(x.s%1$s) / count(x.s%1$s) as average%1$s'
-                end, k), ', ')
-             from generate_series(2, steps_count) as k),
-            rows_sql);
-        per_step := 'select v.* from aggregated as a cross join lateral (values '
-            || (select string_agg(format('(%1$s, a.count%1$s, a.median%1$s, a.average%1$s)', k), ', ')
-                from generate_series(2, steps_count) as k)
-            || ') as v (step, count, median, average)';
+                     sum(x.s%1$s) / count(x.s%1$s) as average%1$s', k), ', ')
+                 from generate_series(2, steps_count) as k),
+                replace(rows_sql, '{sample}', ''));
+            per_step := 'select v.* from aggregated as a cross join lateral (values '
+                || (select string_agg(format('(%1$s, a.count%1$s, a.median%1$s, a.average%1$s)', k), ', ')
+                    from generate_series(2, steps_count) as k)
+                || ') as v (step, count, median, average)';
+        end if;
     end if;
 
     sql := format('
@@ -241,7 +344,8 @@ begin
 
     return query execute sql
         using p_project_id, p_steps, coalesce(p_skip, '{}'), from_ms, to_ms, window_ms, grace_ms, newest_ms,
-              engine_reached, engine_seconds, engine_entries, engine_in_progress, blocks, window_whole_ms, grace_whole_ms;
+              engine_reached, engine_seconds, engine_entries, engine_in_progress, blocks, window_whole_ms, grace_whole_ms,
+              band_lo, band_hi, step_counts, step_medians, step_averages, open_count;
 end
 $$;
 

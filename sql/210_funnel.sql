@@ -67,7 +67,18 @@ begin
              or (p_breakdown_attribution ~ '^step[0-9]+$'
                  and substr(p_breakdown_attribution, 5)::integer <= cardinality(p_steps)))
     then
-        stale := idmerge.report_stale_people(project_id_value);
+        -- Nothing stored since the derived tables were built (every event, identity mapping and
+        -- replaced id takes its seq from projects.last_seq, in the transaction that stores it):
+        -- no one is stale, without reading the events and mappings newer than as_of_seq.
+        if not pg_is_in_recovery() and exists (
+            select from idmerge.report_state as s
+            inner join idmerge.projects as p on p.id = s.project_id
+            where s.project_id = project_id_value and p.last_seq <= s.as_of_seq)
+        then
+            stale := '{}';
+        else
+            stale := idmerge.report_stale_people(project_id_value);
+        end if;
     end if;
 
     if stale is null then

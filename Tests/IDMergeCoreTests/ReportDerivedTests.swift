@@ -338,6 +338,104 @@ struct ReportDerivedTests {
         }
     }
 
+    /// The fast funnel's median from a band (sql/204_funnel_helpers.sql: the values below it
+    /// counted, those within it collected) is percentile_cont(0.5) of the seconds, bit for bit,
+    /// whenever the band holds the two middle values, and null with the band said not to hold
+    /// them otherwise: random sets (ties, negative values, odd and even counts) against bands
+    /// cut at random values, narrow, wide, missing below and above, and holding every value.
+    @Test func medianFromABandIsPercentileContOfSeconds() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let rows = try db.query(
+                """
+                with sets as (
+                    select n as i, (random() * 86400000)::bigint as ms
+                    from generate_series(1, 200) as n, generate_series(1, n) as v
+                    union all
+                    select 300 + n, (random() * 20)::bigint - 10
+                    from generate_series(1, 200) as n, generate_series(1, n) as v
+                ),
+                exact as (
+                    select i, count(*) as n, min(ms) as least_ms, max(ms) as most_ms,
+                           percentile_cont(0.5) within group (order by ms::double precision / 1000) as median
+                    from sets group by i
+                ),
+                bands as (
+                    -- Ten random cuts per set, and one holding every value.
+                    select e.i, c.k, e.n, e.median, least(c.a, c.b) as lo, greatest(c.a, c.b) as hi
+                    from exact as e
+                    cross join lateral (
+                        select k, e.least_ms - 2 + (random() * (e.most_ms - e.least_ms + 4))::bigint as a,
+                               e.least_ms - 2 + (random() * (e.most_ms - e.least_ms + 4))::bigint as b
+                        from generate_series(1, 10) as k
+                        union all
+                        select 0, -4611686018427387904, 4611686018427387904
+                    ) as c
+                ),
+                counted as (
+                    select b.i, b.k, b.n, b.median, b.lo, b.hi,
+                           count(*) filter (where s.ms < b.lo) as below,
+                           array_agg(s.ms) filter (where s.ms between b.lo and b.hi) as band,
+                           count(*) filter (where s.ms <= b.hi) as up_to_hi
+                    from bands as b
+                    inner join sets as s on s.i = b.i
+                    group by b.i, b.k, b.n, b.median, b.lo, b.hi
+                ),
+                checked as (
+                    select *, below <= (n - 1) / 2 and up_to_hi > n / 2 as holds from counted
+                )
+                select count(*) filter (where holds) as held,
+                       count(*) filter (where not holds) as missed,
+                       count(*) filter (where lo < -4611686018427387903 and not holds) as full_missed,
+                       string_agg(concat_ws(' ', i, lo, hi, median), '; ') filter (
+                           where idmerge.report_band_holds_median(n, below, band) is distinct from holds
+                               or (holds and float8send(idmerge.report_band_median_seconds(n, below, band))
+                                   is distinct from float8send(median))
+                               or (not holds and idmerge.report_band_median_seconds(n, below, band) is not null)
+                       ) as wrong
+                from checked
+                """
+            ).rows
+            #expect(rows.count == 1)
+            #expect(rows.first?["wrong"] == nil, "bands giving another median: \(rows.first?["wrong"] ?? "")")
+            #expect(rows.first?["full_missed"] == "0")
+            #expect((Int(rows.first?["held"] ?? "0") ?? 0) > 400 && (Int(rows.first?["missed"] ?? "0") ?? 0) > 400)
+            let none = try db.query(
+                "select idmerge.report_band_median_seconds(0, 0, '{}') as m, idmerge.report_band_holds_median(0, 0, '{}') as h"
+            ).rows
+            #expect(none.first?["m"] == nil && none.first?["h"] == "t", "no values: null, and nothing to miss")
+        }
+    }
+
+    /// The fast funnel's bands as the sample sets them (here the sample is every row and each
+    /// band one rank either side of the middle), and bands that hold no value (the query runs
+    /// again with bands holding every value): the same rows as the engine.
+    @Test func sampledAndMissedBandsMatchTheEngine() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let stream = RandomStream(seed: 62, people: 80, names: ["A", "B", "C", "D"])
+            let project = try Projects.create(name: "bands", mode: .simplified, on: db).project
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            _ = try importer.importBytes(try ndjson(stream.objects()), name: "all")
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            for shape in [
+                "array['A', 'B', 'C']", "array['B', 'A', 'D', 'C'], p_window_seconds => 3600",
+                "array['A', 'B'], p_window_seconds => 7200.5, p_grace_seconds => 0",
+            ] {
+                let engine = try funnelRows(
+                    db, shape + ", p_exclusions => '[{\"event\": \"never happens\"}]'", project: project.name)
+                for mode in ["", "sample", "miss"] {
+                    _ = try db.query("select set_config('idmerge.funnel_band_test', $1, false)", [mode])
+                    let fast = try funnelRows(db, shape, project: project.name)
+                    #expect(fast == engine, "\(mode): \(shape)")
+                }
+                _ = try db.query("select set_config('idmerge.funnel_band_test', '', false)")
+            }
+        }
+    }
+
     /// A window or grace of a fraction of a millisecond leaves the fast path's bigint
     /// arithmetic for the doubles: still equal to the engine, with stale people and without.
     @Test func fractionalWindowAndGraceMatchTheEngine() throws {
