@@ -129,6 +129,12 @@ begin
     if as_of is null then
         return null;
     end if;
+    -- Nothing stored since as_of_seq: every event, identity mapping and replaced copy takes its
+    -- seq from projects.last_seq in the transaction that stores it, so none is newer, and no
+    -- one is stale (without reading the events and mappings newer than as_of_seq).
+    if (select p.last_seq from idmerge.projects as p where p.id = p_project_id) <= as_of then
+        return '{}';
+    end if;
     select coalesce(array_agg(c.id), '{}') into changed from idmerge.report_changed_ids(p_project_id, as_of) as c;
     if cardinality(changed) = 0 then
         return '{}';
