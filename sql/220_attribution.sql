@@ -28,13 +28,17 @@
 --              p_value => 'revenue', p_model => 'first-touch');
 
 -- The credited amount of a conversion's value property: numbers, or numeric strings, up to
--- 1e100 in magnitude (so sums stay finite); anything else (and no value property) counts 0.
+-- 1e100 in magnitude (so sums stay finite); anything else (and no value property) counts 0,
+-- and so do numbers under 1e-200 in magnitude: the cast to double precision fails on those
+-- that round to zero (1e-400), and a share of one that tiny beside a total near 1e100 fails
+-- the same way. Never null; never fails.
 create or replace function idmerge.attribution_amount(v jsonb)
 returns double precision
 language sql immutable parallel safe as $$
     select case
         when v is null then 0
-        when jsonb_typeof(v) = 'number' and abs(v::numeric) <= 1e100 then v::double precision
+        when jsonb_typeof(v) = 'number' and abs(v::numeric) <= 1e100 and abs(v::numeric) >= 1e-200
+            then v::double precision
         when (v #>> '{}') ~ '^\s*-?[0-9]{1,40}(\.[0-9]{1,40})?([eE][-+]?[0-9]{1,2})?\s*$'
             then (v #>> '{}')::double precision
         else 0

@@ -304,6 +304,42 @@ struct ReportDerivedTests {
         }
     }
 
+    /// Value properties too small for double precision (1e-400 rounds to zero, and the cast
+    /// failed the whole report) or tiny beside a huge total (the share underflowed) count 0; the
+    /// rest are credited as before, from the live view and from the derived tables.
+    @Test func tinyAndHugeValuesNeitherFailNorCount() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let lines = [
+                #"{"event":"Land","properties":{"time":1767225600,"distinct_id":"u1","utm_source":"a","$insert_id":"1"}}"#,
+                #"{"event":"Buy","properties":{"time":1767225660,"distinct_id":"u1","revenue":1e-400,"$insert_id":"2"}}"#,
+                #"{"event":"Land","properties":{"time":1767225600,"distinct_id":"u2","utm_source":"b","$insert_id":"3"}}"#,
+                #"{"event":"Buy","properties":{"time":1767225660,"distinct_id":"u2","revenue":1e100,"$insert_id":"4"}}"#,
+                #"{"event":"Land","properties":{"time":1767225600,"distinct_id":"u3","utm_source":"c","$insert_id":"5"}}"#,
+                #"{"event":"Buy","properties":{"time":1767225660,"distinct_id":"u3","revenue":2.5e-250,"$insert_id":"6"}}"#,
+                #"{"event":"Land","properties":{"time":1767225600,"distinct_id":"u4","utm_source":"d","$insert_id":"7"}}"#,
+                #"{"event":"Buy","properties":{"time":1767225660,"distinct_id":"u4","revenue":"1e-99","$insert_id":"8"}}"#,
+            ]
+            _ = try Importer(connection: db, project: project, logger: TestDatabase.logger)
+                .importBytes(Array((lines.joined(separator: "\n") + "\n").utf8), name: "tiny and huge")
+            func answer() throws -> [String] {
+                try db.query(
+                    """
+                    select concat_ws('|', touchpoint, conversions, value, share) as row
+                    from idmerge.attribution('default', 'Buy', 'utm_source', p_value => 'revenue',
+                                             p_model => 'first-touch')
+                    """
+                ).rows.map { $0["row"] ?? "" }
+            }
+            let expected = ["b|1|1e+100|1", "d|1|1e-99|1e-199", "a|1|0|0", "c|1|0|0"]
+            #expect(try answer() == expected, "live view")
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            #expect(try answer() == expected, "derived tables")
+        }
+    }
+
     /// Funnels of five and six steps (each step a subquery level of the fast path's chain):
     /// equal to brute force and to the engine, with stale people and without.
     @Test func longFunnelsMatchTheEngine() throws {
