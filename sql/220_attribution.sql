@@ -109,37 +109,6 @@ begin
     from_ms := idmerge.report_ms(p_from_date::timestamp at time zone 'UTC');
     to_ms := idmerge.report_ms((p_to_date + 1)::timestamp at time zone 'UTC');
 
-    -- First or last touch of every conversion, nobody stale (as after the nightly job): the
-    -- derived credit is the whole answer, so only its shares are left. The general query below
-    -- gives the same rows (its other parts are empty), but parsing and planning it, its live and
-    -- other-model parts included, cost 2 ms of backend CPU a call, 3 ms in a fresh connection.
-    if cardinality(stale) = 0 and p_model in ('first-touch', 'last-touch') and p_per_user is null then
-        return query
-        with per_touchpoint as (
-            select d.touchpoint as touch_value, sum(d.conversions) as conversions, sum(d.value) as value
-            from idmerge.attribution_derived_ranges(
-                project_id_value, p_conversion, p_touchpoint, p_value, p_model = 'last-touch', p_lookback_seconds,
-                from_ms, to_ms, stale) as d
-            group by d.touchpoint
-            having sum(d.conversions) > 0
-        ),
-        final as (
-            select
-                touch_value as touchpoint,
-                per_touchpoint.conversions,
-                per_touchpoint.value,
-                case
-                    when p_value is null then per_touchpoint.conversions / nullif(sum(per_touchpoint.conversions) over (), 0)
-                    else per_touchpoint.value / nullif(sum(per_touchpoint.value) over (), 0)
-                end as share
-            from per_touchpoint
-        )
-        select final.touchpoint, final.conversions, final.value, coalesce(final.share, 0)
-        from final
-        order by final.value desc, final.conversions desc, final.touchpoint;
-        return;
-    end if;
-
     return query
     with events as (
         select r.distinct_id, r.event, r.time, r.ingest_seq, r.properties

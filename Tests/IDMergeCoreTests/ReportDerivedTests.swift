@@ -253,11 +253,10 @@ struct ReportDerivedTests {
         }
     }
 
-    /// First and last touch with nobody stale take a short route in idmerge.attribution (the
-    /// derived credit and its shares, without the general query): the same rows, in the same
-    /// order, as the general query over the live view before the nightly job, for every value
-    /// property (numbers, text, none), lookback, touchpoint property and date range.
-    @Test func attributionShortRouteEqualsTheLiveView() throws {
+    /// First and last touch with nobody stale (after the nightly job, from the derived tables):
+    /// the same rows, in the same order, as over the live view before the nightly job, for every
+    /// value property (numbers, text, none), lookback, touchpoint property and date range.
+    @Test func attributionAfterTheNightlyJobEqualsTheLiveView() throws {
         try TestDatabase.withFresh { conninfo in
             let db = try TestDatabase.connect(conninfo)
             defer { db.close() }
