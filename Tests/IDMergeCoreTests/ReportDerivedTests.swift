@@ -23,6 +23,14 @@ let derivedTablesDigest = """
             from idmerge.report_event_names where project_id = $1) as names
     """
 
+/// A new simplified project holding the whole random stream, imported in one batch.
+func projectImporting(_ stream: RandomStream, name: String, on db: Connection) throws -> Project {
+    let project = try Projects.create(name: name, mode: .simplified, on: db).project
+    _ = try Importer(connection: db, project: project, logger: TestDatabase.logger)
+        .importBytes(try ndjson(stream.objects()), name: "random \(name)")
+    return project
+}
+
 /// An event object again with other properties: a duplicate that replaces the stored copy
 /// (the latest copy wins).
 func replacedCopy(_ object: Any) -> [String: Any] {
@@ -207,9 +215,7 @@ struct ReportDerivedTests {
             defer { db.close() }
             for seed in UInt64(41)...43 {
                 let stream = RandomStream(seed: seed, people: 40, names: ["A", "B", "C", "X"])
-                let project = try Projects.create(name: "r\(seed)", mode: .simplified, on: db).project
-                _ = try Importer(connection: db, project: project, logger: TestDatabase.logger)
-                    .importBytes(try ndjson(stream.objects()), name: "random \(seed)")
+                let project = try projectImporting(stream, name: "r\(seed)", on: db)
                 _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
                 let histogramCuts: Int = try db.query(
                     "select cardinality(idmerge.attribution_id_ranges($1, 'C', 6)) as n", [project.id]
@@ -262,9 +268,7 @@ struct ReportDerivedTests {
             defer { db.close() }
             for seed in UInt64(51)...53 {
                 let stream = RandomStream(seed: seed, people: 40, names: ["A", "B", "C", "X"])
-                let project = try Projects.create(name: "s\(seed)", mode: .simplified, on: db).project
-                _ = try Importer(connection: db, project: project, logger: TestDatabase.logger)
-                    .importBytes(try ndjson(stream.objects()), name: "random \(seed)")
+                let project = try projectImporting(stream, name: "s\(seed)", on: db)
                 var questions: [String] = []
                 for model in ["first-touch", "last-touch"] {
                     for value in ["'revenue'", "null", "'src'"] {

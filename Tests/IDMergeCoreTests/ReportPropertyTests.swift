@@ -201,9 +201,7 @@ struct ReportPropertyTests {
             defer { db.close() }
             for seed in UInt64(1)...12 {
                 let stream = RandomStream(seed: seed, people: 40, names: ["A", "B", "C", "X"])
-                let project = try Projects.create(name: "p\(seed)", mode: .simplified, on: db).project
-                _ = try Importer(connection: db, project: project, logger: TestDatabase.logger)
-                    .importBytes(try ndjson(stream.objects()), name: "random \(seed)")
+                let project = try projectImporting(stream, name: "p\(seed)", on: db)
                 for phase in ["before nightly", "after nightly"] {
                     if phase == "after nightly" {
                         _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
@@ -233,9 +231,7 @@ struct ReportPropertyTests {
             defer { db.close() }
             for seed in UInt64(20)...25 {
                 let stream = RandomStream(seed: seed, people: 30, names: ["A", "B", "C"])
-                let project = try Projects.create(name: "p\(seed)", mode: .simplified, on: db).project
-                _ = try Importer(connection: db, project: project, logger: TestDatabase.logger)
-                    .importBytes(try ndjson(stream.objects()), name: "random \(seed)")
+                let project = try projectImporting(stream, name: "p\(seed)", on: db)
                 var query = AttributionQuery(conversion: "C", touchpoint: "src")
                 query.valueProperty = "revenue"
                 query.model = model
