@@ -74,6 +74,9 @@ create or replace function idmerge.attribution_id_ranges(
 returns text[]
 language plpgsql stable
 set plan_cache_mode = force_custom_plan
+-- Its caller (attribution_derived_ranges) turns index scans off for its own query; without
+-- them the two probes became a bitmap scan of every conversion row (130 ms at 5M events).
+set enable_indexscan = on
 as $$
 declare
     first_id text;
