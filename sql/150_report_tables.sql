@@ -259,6 +259,11 @@ declare
     parallel_workers constant text := current_setting('max_parallel_workers_per_gather');
     snapshot_seq bigint;
     excluded_keys constant text[] := idmerge.report_excluded_keys();
+    -- The keys whose amounts report_person_events.amounts holds (migration 0016): kept by an
+    -- incremental refresh, chosen anew by a full one.
+    value_keys text[] := '{}';
+    -- Each event's amounts of the value keys, as an expression over e.properties.
+    amounts_expression text;
 begin
     if current_setting('transaction_isolation') not in ('repeatable read', 'serializable') then
         raise exception 'refresh_report_tables must run in a REPEATABLE READ transaction'
@@ -268,7 +273,9 @@ begin
     if snapshot_seq is null then
         raise exception 'no project with id %', p_project_id using errcode = 'invalid_parameter_value';
     end if;
-    select s.people, s.as_of_seq into total, as_of from idmerge.report_state as s where s.project_id = p_project_id;
+    select s.people, s.as_of_seq, s.value_keys into total, as_of, value_keys
+    from idmerge.report_state as s where s.project_id = p_project_id;
+    value_keys := coalesce(value_keys, '{}');
 
     -- The stale people, as report_stale_people finds them (the same rule), but keeping the
     -- changed ids' live events, which the refresh reads anyway: the changed ids are found
@@ -349,6 +356,18 @@ begin
                r.properties
         from idmerge.resolved_events as r
         where r.project_id = p_project_id;
+        -- The value keys: those a sample of the events (the first 100,000 rows) carries as JSON
+        -- numbers, at most 8, the rarest first (the cheapest to store; a value such as
+        -- revenue is on few events). The set only decides which keys attribution reads without
+        -- a join; any other key is read from report_person_props, with the same answer.
+        value_keys := array(
+            select k.key
+            from (select e.properties from pg_temp.idmerge_report_events as e limit 100000) as e
+            cross join lateral jsonb_object_keys(e.properties) as k (key)
+            where k.key <> all(excluded_keys) and jsonb_typeof(e.properties -> k.key) = 'number'
+            group by k.key
+            order by count(*), k.key
+            limit 8);
     else
         -- A few people: their rows by index and serially (the planner would scan the tables
         -- for a few thousand people; restored below), with generic plans (as above).
@@ -428,17 +447,31 @@ begin
     inner join idmerge.report_event_names as n on n.project_id = p_project_id and n.event = e.event
     group by 1;
 
+    -- The amounts: per event, an array of the value keys' amounts ($2 holds the keys; only
+    -- their positions are written into the text), aggregated in the order of times into
+    -- [event][key]; null for a row whose amounts are all 0 ($3, that many zeros).
+    amounts_expression := case
+        when cardinality(value_keys) = 0 then 'null::double precision[]'
+        else format(
+            'case when bool_or(%1$s <> $3) then array_agg(%1$s order by e.ms, e.seq) end',
+            format('array[%s]', array_to_string(array(
+                select format('idmerge.attribution_amount(e.properties -> $2[%s])', i)
+                from generate_subscripts(value_keys, 1) as i), ', ')))
+    end;
+    execute format($insert$
     insert into idmerge.report_person_events
-        (project_id, event, distinct_id, first_ms, times, seqs, person_keys)
-    select p_project_id, g.event, g.distinct_id, g.first_ms, g.times, g.seqs, t.person_keys
+        (project_id, event, distinct_id, first_ms, times, seqs, amounts, person_keys)
+    select $1, g.event, g.distinct_id, g.first_ms, g.times, g.seqs, g.amounts, t.person_keys
     from (
         select e.event collate "C" as event, e.distinct_id collate "C" as distinct_id, min(e.ms) as first_ms,
-               array_agg(e.ms order by e.ms, e.seq) as times, array_agg(e.seq order by e.ms, e.seq) as seqs
+               array_agg(e.ms order by e.ms, e.seq) as times, array_agg(e.seq order by e.ms, e.seq) as seqs,
+               %s as amounts
         from pg_temp.idmerge_report_events as e
         group by 1, 2
     ) as g
     inner join pg_temp.idmerge_report_timelines as t on t.distinct_id = g.distinct_id
-    order by g.event, g.distinct_id;
+    order by g.event, g.distinct_id$insert$, amounts_expression)
+    using p_project_id, value_keys, array_fill(0::double precision, array[cardinality(value_keys)]);
     -- report_event_names.people: plus the rows written (one per event name and person).
     update idmerge.report_event_names as n set people = n.people + g.rows
     from (
@@ -465,7 +498,7 @@ begin
     select count(distinct e.distinct_id collate "C") into people from pg_temp.idmerge_report_events as e;
     -- The newest time: after a full rebuild a scan; else the old newest and the events since
     -- (report_newest_ms reads the old as_of_seq, not yet moved).
-    insert into idmerge.report_state as s (project_id, as_of_seq, built_at, people, newest_ms)
+    insert into idmerge.report_state as s (project_id, as_of_seq, built_at, people, newest_ms, value_keys)
     values (
         p_project_id, snapshot_seq, now(),
         case when full_rebuild then people else coalesce(total, 0) - people_gone + people end,
@@ -473,10 +506,11 @@ begin
             when full_rebuild then
                 (select idmerge.report_ms(max(e.time)) from idmerge.events as e where e.project_id = p_project_id)
             else idmerge.report_newest_ms(p_project_id)
-        end)
+        end,
+        value_keys)
     on conflict (project_id) do update set
         as_of_seq = excluded.as_of_seq, built_at = excluded.built_at, people = excluded.people,
-        newest_ms = excluded.newest_ms;
+        newest_ms = excluded.newest_ms, value_keys = excluded.value_keys;
     drop table pg_temp.idmerge_report_events;
     drop table if exists pg_temp.idmerge_report_changed_events;
     return next;

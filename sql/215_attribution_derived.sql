@@ -163,6 +163,12 @@ as $$
 declare
     -- Six ranges for a leader and two workers: a process that finishes early takes the next.
     cuts constant text[] := idmerge.attribution_id_ranges(p_project_id, p_conversion, 6, p_cuts);
+    -- Where the conversions' amounts come from: 'amounts' (the value is a value key, at
+    -- value_position), 'none' (no value property), or 'props'.
+    value_position integer := (
+        select array_position(s.value_keys, p_value) from idmerge.report_state as s where s.project_id = p_project_id);
+    value_source constant text := case
+        when p_value is null then 'none' when value_position is not null then 'amounts' else 'props' end;
     ranges text[] := '{}';
     lower_cut text;
     upper_cut text;
@@ -181,40 +187,54 @@ begin
         -- The amount and touch of each conversion, as in idmerge.attribution_derived; the
         -- conversions unnested in the select list (a ProjectSet, cheaper than a lateral
         -- function scan per person). $1 project, $2 conversion, $3 touchpoint, $4 value,
-        -- $5 last touch, $6 lookback, $7 from, $8 to, $9 people to skip, $10 the cuts.
+        -- $5 last touch, $6 lookback, $7 from, $8 to, $9 people to skip, $10 the cuts, $11
+        -- the value key's position in the value keys. The amount comes from the conversion
+        -- row's amounts when the value is one of the value keys (the key's column of the
+        -- [event][key] array, unnested beside the times: no join; a row without amounts has
+        -- none but 0), is 0 without a value property, and else is the value property's
+        -- element of the person's report_person_props row of that key, found by seq.
         ranges := ranges || format($range$
             select
-                idmerge.attribution_amount(u.value_vals[array_position(u.value_seqs, u.seq)]) as amount,
+                %3$s as amount,
                 idmerge.attribution_touch(u.touch_times, u.touch_seqs, u.touch_vals, u.ms, u.seq, $6, $5) as touch_value
             from (
                 select
-                    vp.seqs as value_seqs,
-                    vp.vals as value_vals,
+                    %4$s
                     tp.times as touch_times,
                     tp.seqs as touch_seqs,
                     tp.vals as touch_vals,
                     unnest(pe.times) as ms,
-                    unnest(pe.seqs) as seq
+                    unnest(pe.seqs) as seq%5$s
                 from (
-                    select pe.distinct_id, pe.times, pe.seqs
+                    select pe.distinct_id, pe.times, pe.seqs%6$s
                     from idmerge.report_person_events as pe
                     where pe.project_id = $1 and pe.event = $2 and pe.distinct_id <> all($9) and %1$s
-                ) as pe
-                left join (
-                    select vp.distinct_id, vp.seqs, vp.vals
-                    from idmerge.report_person_props as vp
-                    where vp.project_id = $1 and vp.key = $4 and %2$s
-                ) as vp on vp.distinct_id = pe.distinct_id
+                ) as pe%7$s
                 left join (
                     select tp.distinct_id, tp.times, tp.seqs, tp.vals
                     from idmerge.report_person_props as tp
-                    where tp.project_id = $1 and tp.key = $3 and %3$s
+                    where tp.project_id = $1 and tp.key = $3 and %2$s
                 ) as tp on tp.distinct_id = pe.distinct_id
             ) as u
             where ($7::bigint is null or u.ms >= $7) and ($8::bigint is null or u.ms < $8)$range$,
             format('pe.distinct_id >= %s and pe.distinct_id %s %s', lower_cut, upper_op, upper_cut),
-            format('vp.distinct_id >= %s and vp.distinct_id %s %s', lower_cut, upper_op, upper_cut),
-            format('tp.distinct_id >= %s and tp.distinct_id %s %s', lower_cut, upper_op, upper_cut));
+            format('tp.distinct_id >= %s and tp.distinct_id %s %s', lower_cut, upper_op, upper_cut),
+            case value_source
+                when 'amounts' then 'coalesce(u.amount, 0)'
+                when 'none' then '0::double precision'
+                else 'idmerge.attribution_amount(u.value_vals[array_position(u.value_seqs, u.seq)])'
+            end,
+            case when value_source = 'props' then E'vp.seqs as value_seqs,\n                    vp.vals as value_vals,' else '' end,
+            case when value_source = 'amounts' then E',\n                    unnest(pe.amounts) as amount' else '' end,
+            case when value_source = 'amounts' then ', pe.amounts[:][$11:$11] as amounts' else '' end,
+            case when value_source = 'props' then format($join$
+                left join (
+                    select vp.distinct_id, vp.seqs, vp.vals
+                    from idmerge.report_person_props as vp
+                    where vp.project_id = $1 and vp.key = $4 and %s
+                ) as vp on vp.distinct_id = pe.distinct_id$join$,
+                format('vp.distinct_id >= %s and vp.distinct_id %s %s', lower_cut, upper_op, upper_cut))
+            else '' end);
     end loop;
     return query execute format($query$
         with credited as (%s
@@ -227,7 +247,7 @@ begin
         )
         select * from final$query$, array_to_string(ranges, E'\n            union all'))
     using p_project_id, p_conversion, p_touchpoint, p_value, p_last, p_lookback_seconds, p_from_ms, p_to_ms, p_skip,
-        cuts;
+        cuts, value_position;
 end
 $$;
 

@@ -9,7 +9,7 @@ import Testing
 let derivedTablesDigest = """
     select
         (select md5(string_agg(x::text, '|' order by x::text)) from (
-            select event, distinct_id, first_ms, times, seqs, person_keys
+            select event, distinct_id, first_ms, times, seqs, amounts, person_keys
             from idmerge.report_person_events where project_id = $1) as x) as events,
         (select md5(string_agg(x::text, '|' order by x::text)) from (
             select key, distinct_id, times, seqs, vals
@@ -17,7 +17,7 @@ let derivedTablesDigest = """
         (select md5(string_agg(x::text, '|' order by x::text)) from (
             select ingested_distinct_id, distinct_id
             from idmerge.report_person_ids where project_id = $1) as x) as ids,
-        (select concat_ws(',', as_of_seq, people, newest_ms)
+        (select concat_ws(',', as_of_seq, people, newest_ms, value_keys)
             from idmerge.report_state where project_id = $1) as state,
         (select string_agg(concat_ws(',', event, id, people), '|' order by id)
             from idmerge.report_event_names where project_id = $1) as names
@@ -340,6 +340,73 @@ struct ReportDerivedTests {
             #expect(try answer() == expected, "live view")
             _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
             #expect(try answer() == expected, "derived tables")
+        }
+    }
+
+    /// A full build keeps, on each conversion row, the amounts of the keys the events carry as
+    /// JSON numbers (report_state.value_keys; migration 0016), and attribution reads a value key
+    /// from them with no join: for two value keys on the same rows (the [event][key] array), a
+    /// key that is sometimes a numeric string, sometimes text and sometimes missing, a key that
+    /// is only ever a string (no value key: read from report_person_props), and no value, the
+    /// credit after the nightly job equals the live view's, also after an incremental refresh.
+    @Test func valueKeyAmountsEqualTheLiveView() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            var lines: [String] = []
+            func event(_ name: String, _ person: Int, _ minute: Int, _ extra: String) {
+                let time = 1_767_225_600 + minute * 60
+                lines.append(
+                    #"{"event":"\#(name)","properties":{"time":\#(time),"distinct_id":"u\#(person)","$insert_id":"\#(lines.count)"\#(extra)}}"#
+                )
+            }
+            for person in 0..<12 {
+                event("Land", person, person, #","utm_source":"s\#(person % 3)""#)
+                let qty = [#","qty":2"#, #","qty":"3""#, #","qty":"many""#, ""][person % 4]
+                event("Buy", person, person + 5, #","revenue":\#(person * 10 + 1),"price":"9.5""# + qty)
+                if person % 2 == 0 {
+                    event("Buy", person, person + 7, #","revenue":0.25,"qty":1"#)
+                }
+                event("Land", person, person + 6, #","utm_source":"t\#(person % 2)","qty":100"#)
+            }
+            func answers() throws -> [[String]] {
+                try ["'revenue'", "'qty'", "'price'", "null"].flatMap { value in
+                    try ["first-touch", "last-touch"].map { model in
+                        try db.query(
+                            """
+                            select concat_ws('|', touchpoint, conversions, value, round(share::numeric, 12)) as row
+                            from idmerge.attribution('default', 'Buy', 'utm_source', \(value), '\(model)', 3600)
+                            """
+                        ).rows.map { $0["row"] ?? "" }
+                    }
+                }
+            }
+            let half = lines.count / 2
+            _ = try importer.importBytes(Array((lines[..<half].joined(separator: "\n") + "\n").utf8), name: "first")
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            _ = try importer.importBytes(Array((lines[half...].joined(separator: "\n") + "\n").utf8), name: "second")
+            let live = try answers()
+            #expect(live.joined().contains { $0.contains("|") }, "the answers have rows")
+            // A full build from scratch, then the second half's people refreshed incrementally.
+            try db.execute("delete from idmerge.report_state")
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            let keys: String? = try db.query(
+                "select array_to_string(value_keys, ',') as k from idmerge.report_state where project_id = $1",
+                [project.id]
+            ).first!.decode("k")
+            #expect(Set((keys ?? "").split(separator: ",")) == ["qty", "revenue"])
+            #expect(try answers() == live, "full build")
+            event("Buy", 1, 30, #","revenue":7,"qty":5"#)
+            event("Land", 13, 1, #","utm_source":"s9""#)
+            event("Buy", 13, 2, #","revenue":"12","qty":"x""#)
+            let more = lines[(lines.count - 3)...].joined(separator: "\n") + "\n"
+            _ = try importer.importBytes(Array(more.utf8), name: "more")
+            let liveAgain = try answers()
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            #expect(try answers() == liveAgain, "incremental refresh")
+            try expectDerivedTablesEqualAFullRebuild(db, projectId: project.id, "value keys")
         }
     }
 
