@@ -6,11 +6,10 @@
 -- Same rules as idmerge.attribution (sql/220_attribution.sql): conversions are the
 -- p_conversion events (report_person_events), their value the p_value property of the same
 -- event (over every conversion and for a value key, the amounts stored on the conversion row,
--- migration 0016; else
--- report_person_props, found by ingest seq), their touches the person's events
--- carrying p_touchpoint (report_person_props) from the conversion's time minus the lookback
--- to the conversion itself, by time then seq; a lookback window is one slice of those sorted
--- arrays. First touch credits the slice's first element, last touch its last; an empty slice
+-- migration 0016; else report_person_props, found by ingest seq), their touches the person's
+-- events carrying p_touchpoint (report_person_props) from the conversion's time minus the
+-- lookback to the conversion itself, by time then seq; a lookback window is one slice of
+-- those sorted arrays. First touch credits the slice's first element, last touch its last; an empty slice
 -- credits '(not set)'.
 --
 -- A query of its own, with parallel-safe functions only, so it may use parallel workers, each
