@@ -389,7 +389,8 @@ struct ReportDerivedTests {
             _ = try importer.importBytes(Array((lines[half...].joined(separator: "\n") + "\n").utf8), name: "second")
             let live = try answers()
             #expect(live.joined().contains { $0.contains("|") }, "the answers have rows")
-            // A full build from scratch, then the second half's people refreshed incrementally.
+            // A full build of everything (the state forgotten); later, more events, refreshed
+            // incrementally.
             try db.execute("delete from idmerge.report_state")
             _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
             let keys: String? = try db.query(
