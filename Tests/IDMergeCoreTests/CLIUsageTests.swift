@@ -73,4 +73,19 @@ struct CLIUsageTests {
         #expect(!run.stderr.isEmpty, "\(arguments): the reason goes to stderr")
         #expect(!run.stderr.contains("nonexistent"), "\(arguments): tried to connect: \(run.stderr)")
     }
+
+    /// `--help` shows duration defaults as they are written on the command line, not as the
+    /// type that holds them (it printed `Duration(seconds: 604800.0)`).
+    @Test func helpShowsDurationDefaultsAsWritten() throws {
+        guard FileManager.default.isExecutableFile(atPath: idmergeBinary) else {
+            Issue.record("build the idmerge executable first (swift build): \(idmergeBinary)")
+            return
+        }
+        let funnel = try runIdmerge(["funnel", "--help"]).stdout
+        #expect(funnel.contains("(default: 7d)"), "\(funnel)")
+        #expect(funnel.contains("(default: 2s)"), "\(funnel)")
+        let attribution = try runIdmerge(["attribution", "--help"]).stdout
+        #expect(attribution.contains("(default: 30d)"), "\(attribution)")
+        #expect(!(funnel + attribution).contains("Duration("))
+    }
 }

@@ -96,6 +96,16 @@ struct Duration: ExpressibleByArgument, Sendable {
         guard let parsed = try? DurationParser.seconds(argument) else { return nil }
         seconds = parsed
     }
+
+    /// How `--help` shows a default: as the option is written, in the largest unit that
+    /// divides it (`7d`, `30d`, `2s`).
+    var defaultValueDescription: String {
+        for (unit, size) in [("d", 86400.0), ("h", 3600.0), ("m", 60.0)]
+        where seconds >= size && seconds.truncatingRemainder(dividingBy: size) == 0 {
+            return "\(Int(seconds / size))\(unit)"
+        }
+        return seconds == seconds.rounded() ? "\(Int(seconds))s" : "\(seconds)s"
+    }
 }
 
 /// Checks that every source exists, is not a directory and is readable (`-` is standard
