@@ -29,18 +29,26 @@
 
 -- The credited amount of a conversion's value property: numbers, or numeric strings, up to
 -- 1e100 in magnitude (so sums stay finite); anything else (and no value property) counts 0,
--- and so do numbers under 1e-200 in magnitude: the cast to double precision fails on those
+-- and so do values under 1e-200 in magnitude: the cast to double precision fails on those
 -- that round to zero (1e-400), and a share of one that tiny beside a total near 1e100 fails
--- the same way. Never null; never fails.
+-- the same way. Strings get the same bounds as numbers (a 40-digit mantissa with an exponent
+-- reaches 1e139), and only ASCII white space around them: the regular expression's \s also
+-- takes Unicode spaces (U+2003), which the cast refuses. A negative zero counts +0 (the two
+-- routes of a report must print the same 0). Never null; never fails. One CASE expression, so
+-- that the planner inlines it (a FROM clause would make it a function call per row).
 create or replace function idmerge.attribution_amount(v jsonb)
 returns double precision
 language sql immutable parallel safe as $$
     select case
         when v is null then 0
-        when jsonb_typeof(v) = 'number' and abs(v::numeric) <= 1e100 and abs(v::numeric) >= 1e-200
-            then v::double precision
-        when (v #>> '{}') ~ '^\s*-?[0-9]{1,40}(\.[0-9]{1,40})?([eE][-+]?[0-9]{1,2})?\s*$'
-            then (v #>> '{}')::double precision
+        when jsonb_typeof(v) = 'number' then
+            case when abs(v::numeric) <= 1e100 and abs(v::numeric) >= 1e-200 then v::double precision + 0 else 0 end
+        when (v #>> '{}') ~ '^[ \t\n\r\f\v]*-?[0-9]{1,40}(\.[0-9]{1,40})?([eE][-+]?[0-9]{1,2})?[ \t\n\r\f\v]*$' then
+            case
+                when abs((v #>> '{}')::numeric) <= 1e100 and abs((v #>> '{}')::numeric) >= 1e-200
+                    then (v #>> '{}')::double precision + 0
+                else 0
+            end
         else 0
     end
 $$;
@@ -82,9 +90,13 @@ begin
     if p_per_user is not null and p_per_user not in ('first', 'last') then
         raise exception 'per-user must be first or last, not %', p_per_user using errcode = 'invalid_parameter_value';
     end if;
-    if p_lookback_seconds is null or p_lookback_seconds < 0 then
-        raise exception 'the lookback window cannot be negative' using errcode = 'invalid_parameter_value';
+    if p_lookback_seconds is null or p_lookback_seconds < 0 or p_lookback_seconds = 'NaN'::double precision then
+        raise exception 'the lookback window must be a number of seconds, not negative'
+            using errcode = 'invalid_parameter_value';
     end if;
+    -- Longer than any two timestamps lie apart (PostgreSQL's whole range is under 1e13 s), so
+    -- the same answer; and the milliseconds stay within bigint (1e16 and more failed there).
+    p_lookback_seconds := least(p_lookback_seconds, 1e13);
     case p_model
         when 'u-shaped' then w_first := 0.4; w_middle := 0.2; w_last := 0.4;
         when 'j-shaped' then w_first := 0.2; w_middle := 0.2; w_last := 0.6;

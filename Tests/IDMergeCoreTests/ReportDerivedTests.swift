@@ -343,6 +343,53 @@ struct ReportDerivedTests {
         }
     }
 
+    /// Value strings the cast refused or that underflowed a share, found by a tester: a number
+    /// after a Unicode space (`\u{2003}7`: the regular expression's \\s took it, the cast did
+    /// not, and the nightly job failed for the whole project), a 40-digit string with an
+    /// exponent (1e139, past the bound numbers have, so a 1e-200 share underflowed), a negative
+    /// zero (-0 from the live view, 0 from the derived tables). Each now counts as the rule
+    /// says, the same from both routes; and a lookback past bigint's milliseconds, or not a
+    /// number, neither fails after the nightly job nor passes unchecked.
+    @Test func oddValueStringsCountTheSameFromBothRoutes() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let values = [
+                #""-0""#, "5", "\"\\u20037\"", "\"\\u30008\"", "1e-200",
+                #""9999999999999999999999999999999999999999e99""#, #"" 7 ""#,
+            ]
+            let lines = values.enumerated().map { index, value in
+                #"{"event":"P","properties":{"time":\#(1_767_225_600 + index),"distinct_id":"u\#(index)","src":"s\#(index)","amt":\#(value),"$insert_id":"\#(index)"}}"#
+            }
+            _ = try Importer(connection: db, project: project, logger: TestDatabase.logger)
+                .importBytes(Array((lines.joined(separator: "\n") + "\n").utf8), name: "odd values")
+            func answer(_ model: String, lookback: String = "3600") throws -> [String] {
+                try db.query(
+                    """
+                    select concat_ws('|', touchpoint, conversions, value, share) as row
+                    from idmerge.attribution('default', 'P', 'src', 'amt', '\(model)', \(lookback))
+                    """
+                ).rows.map { $0["row"] ?? "" }
+            }
+            // By value: " 7 ", then 5, then 1e-200 (the smallest that counts); the others 0.
+            let expected = [
+                "s6|1|7|0.5833333333333334", "s1|1|5|0.4166666666666667", "s4|1|1e-200|8.333333333333334e-202",
+            ]
+            let zeros = ["s0|1|0|0", "s2|1|0|0", "s3|1|0|0", "s5|1|0|0"]
+            for model in ["first-touch", "linear"] {
+                let live = try answer(model)
+                #expect(live == expected + zeros, "\(model), live view: \(live)")
+            }
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            for model in ["first-touch", "linear"] {
+                #expect(try answer(model) == expected + zeros, "\(model), derived tables")
+                #expect(try answer(model, lookback: "1e16") == expected + zeros, "\(model), a huge lookback")
+            }
+            #expect(throws: PostgresError.self) { try answer("last-touch", lookback: "'NaN'") }
+        }
+    }
+
     /// A full build keeps, on each conversion row, the amounts of the keys the events carry as
     /// JSON numbers (report_state.value_keys; migration 0016), and attribution reads a value key
     /// from them with no join: for two value keys on the same rows (the [event][key] array), a
