@@ -193,9 +193,11 @@ begin
         -- row's amounts when the value is one of the value keys (the key's column of the
         -- [event][key] array, unnested beside the times: no join; a row without amounts has
         -- none but 0), is 0 without a value property, and else is the value property's
-        -- element of the person's report_person_props row of that key, found by seq.
+        -- element of the person's report_person_props row of that key, found by seq. Each row
+        -- names its range, for the sums below.
         ranges := ranges || format($range$
             select
+                %8$s as range_no,
                 %3$s as amount,
                 idmerge.attribution_touch(u.touch_times, u.touch_seqs, u.touch_vals, u.ms, u.seq, $6, $5) as touch_value
             from (
@@ -235,16 +237,27 @@ begin
                     where vp.project_id = $1 and vp.key = $4 and %s
                 ) as vp on vp.distinct_id = pe.distinct_id$join$,
                 format('vp.distinct_id >= %s and vp.distinct_id %s %s', lower_cut, upper_op, upper_cut))
-            else '' end);
+            else '' end,
+            i);
     end loop;
     return query execute format($query$
         with credited as (%s
         ),
-        final as (
-            select c.touch_value as touchpoint, sum(1.0::double precision) as conversions,
+        -- Per range and touchpoint value: one process reads a range whole, in the same order
+        -- every time, so each sum is the same double every time; then the ranges' sums are
+        -- added in range order. Summed by whichever process took which ranges, the doubles
+        -- came out with other last digits from one run to the next.
+        range_sums as (
+            select c.range_no, c.touch_value, sum(1.0::double precision) as conversions,
                    sum(1.0::double precision * c.amount) as value
             from credited as c
-            group by c.touch_value
+            group by c.range_no, c.touch_value
+        ),
+        final as (
+            select r.touch_value as touchpoint, sum(r.conversions order by r.range_no) as conversions,
+                   sum(r.value order by r.range_no) as value
+            from range_sums as r
+            group by r.touch_value
         )
         select * from final$query$, array_to_string(ranges, E'\n            union all'))
     using p_project_id, p_conversion, p_touchpoint, p_value, p_last, p_lookback_seconds, p_from_ms, p_to_ms, p_skip,
