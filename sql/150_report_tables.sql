@@ -242,6 +242,8 @@ create or replace function idmerge.refresh_report_tables(p_project_id integer, p
 returns table (people bigint, full_rebuild boolean)
 language plpgsql
 set plan_cache_mode = force_custom_plan
+-- Its "drop table if exists pg_temp..." would otherwise print notices to a psql user.
+set client_min_messages = warning
 set enable_seqscan = on
 set enable_mergejoin = on
 set enable_nestloop = on
