@@ -9,8 +9,8 @@
 -- migration 0016; else report_person_props, found by ingest seq), their touches the person's
 -- events carrying p_touchpoint (report_person_props) from the conversion's time minus the
 -- lookback to the conversion itself, by time then seq; a lookback window is one slice of
--- those sorted arrays. First touch credits the slice's first element, last touch its last; an empty slice
--- credits '(not set)'.
+-- those sorted arrays. First touch credits the slice's first element, last touch its last;
+-- an empty slice credits '(not set)'.
 --
 -- A query of its own, with parallel-safe functions only, so it may use parallel workers, each
 -- crediting its share of the conversions and summing per touchpoint value. Every conversion
