@@ -24,7 +24,7 @@ struct HostileInputTests {
             defer { db.close() }
             let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
             let summary = try Importer(connection: db, project: project, logger: TestDatabase.logger)
-                .importBytes(Array((lines.joined(separator: "\n") + "\n").utf8), name: "hostile")
+                .importBytes(ndjsonLines(lines), name: "hostile")
             #expect(summary.stored == 2)
             #expect(summary.refused == 4)
             let fields = try db.query("select field from idmerge.refused_records order by position").rows.map {
@@ -56,7 +56,7 @@ struct HostileInputTests {
             defer { db.close() }
             let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
             let summary = try Importer(connection: db, project: project, logger: TestDatabase.logger)
-                .importBytes(Array((lines.joined(separator: "\n") + "\n").utf8), name: "edges")
+                .importBytes(ndjsonLines(lines), name: "edges")
             #expect(summary.refused == 2)
             #expect(summary.duplicates == 1)
             let rows = Dictionary(
@@ -101,7 +101,7 @@ struct HostileInputTests {
             defer { db.close() }
             let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
             _ = try Importer(connection: db, project: project, logger: TestDatabase.logger)
-                .importBytes(Array((lines.joined(separator: "\n") + "\n").utf8), name: "huge")
+                .importBytes(ndjsonLines(lines), name: "huge")
             var query = AttributionQuery(conversion: "Buy", touchpoint: "utm_source")
             query.valueProperty = "revenue"
             let report = try AttributionReport.run(query, project: project, on: db)

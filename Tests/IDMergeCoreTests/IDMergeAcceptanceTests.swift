@@ -38,6 +38,11 @@ let expectationColumns: [String: String] = [
     "$failure_reason": "identity_failure_reason",
 ]
 
+/// NDJSON text lines, as written (a test's hand-made or malformed records): one per line.
+func ndjsonLines<Lines: Sequence<String>>(_ lines: Lines) -> [UInt8] {
+    Array(lines.map { $0 + "\n" }.joined().utf8)
+}
+
 func ndjson(_ events: [Any]) throws -> [UInt8] {
     var bytes: [UInt8] = []
     for event in events {

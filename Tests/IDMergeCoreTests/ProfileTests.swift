@@ -174,7 +174,7 @@ struct ProfileTests {
                 #"{"$distinct_id":"U1","$add":{"visits":1},"$token":"t","$device_id":"D1","$ip":"0"}"#,  // 17: ok
             ]
             let summary = try importer.importBytes(
-                Array((lines.joined(separator: "\n") + "\n").utf8), name: "bad.ndjson")
+                ndjsonLines(lines), name: "bad.ndjson")
             #expect(summary.records == 17)
             #expect(summary.applied == 2)
             #expect(summary.refused == 15)

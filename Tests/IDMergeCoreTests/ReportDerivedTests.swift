@@ -326,7 +326,7 @@ struct ReportDerivedTests {
                 #"{"event":"Buy","properties":{"time":1767225660,"distinct_id":"u4","revenue":"1e-99","$insert_id":"8"}}"#,
             ]
             _ = try Importer(connection: db, project: project, logger: TestDatabase.logger)
-                .importBytes(Array((lines.joined(separator: "\n") + "\n").utf8), name: "tiny and huge")
+                .importBytes(ndjsonLines(lines), name: "tiny and huge")
             func answer() throws -> [String] {
                 try db.query(
                     """
@@ -367,7 +367,7 @@ struct ReportDerivedTests {
                 )
             }
             _ = try Importer(connection: db, project: project, logger: TestDatabase.logger)
-                .importBytes(Array((lines.joined(separator: "\n") + "\n").utf8), name: "magnitudes")
+                .importBytes(ndjsonLines(lines), name: "magnitudes")
             _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
             for model in ["first-touch", "last-touch"] {
                 let runs = try (0..<5).map { _ in
@@ -403,7 +403,7 @@ struct ReportDerivedTests {
                 #"{"event":"P","properties":{"time":\#(1_767_225_600 + index),"distinct_id":"u\#(index)","src":"s\#(index)","amt":\#(value),"$insert_id":"\#(index)"}}"#
             }
             _ = try Importer(connection: db, project: project, logger: TestDatabase.logger)
-                .importBytes(Array((lines.joined(separator: "\n") + "\n").utf8), name: "odd values")
+                .importBytes(ndjsonLines(lines), name: "odd values")
             func answer(_ model: String, lookback: String = "3600") throws -> [String] {
                 try db.query(
                     """
@@ -471,9 +471,9 @@ struct ReportDerivedTests {
                 }
             }
             let half = lines.count / 2
-            _ = try importer.importBytes(Array((lines[..<half].joined(separator: "\n") + "\n").utf8), name: "first")
+            _ = try importer.importBytes(ndjsonLines(lines[..<half]), name: "first")
             _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
-            _ = try importer.importBytes(Array((lines[half...].joined(separator: "\n") + "\n").utf8), name: "second")
+            _ = try importer.importBytes(ndjsonLines(lines[half...]), name: "second")
             let live = try answers()
             #expect(live.joined().contains { $0.contains("|") }, "the answers have rows")
             // A full build of everything (the state forgotten); later, more events, refreshed
@@ -489,8 +489,7 @@ struct ReportDerivedTests {
             event("Buy", 1, 30, #","revenue":7,"qty":5"#)
             event("Land", 13, 1, #","utm_source":"s9""#)
             event("Buy", 13, 2, #","revenue":"12","qty":"x""#)
-            let more = lines[(lines.count - 3)...].joined(separator: "\n") + "\n"
-            _ = try importer.importBytes(Array(more.utf8), name: "more")
+            _ = try importer.importBytes(ndjsonLines(lines[(lines.count - 3)...]), name: "more")
             let liveAgain = try answers()
             _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
             #expect(try answers() == liveAgain, "incremental refresh")
