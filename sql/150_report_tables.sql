@@ -234,12 +234,33 @@ begin
 end
 $$;
 
--- Refreshes a project's derived tables from the live view: only the stale people, or all
--- of them when p_full, when the tables do not exist yet, or when most people are stale.
--- Must run in a REPEATABLE READ transaction (one snapshot: as_of_seq must match the
--- events read); the nightly job does so. Returns the people rewritten.
-create or replace function idmerge.refresh_report_tables(p_project_id integer, p_full boolean default false)
-returns table (people bigint, full_rebuild boolean)
+-- Refreshing a project's derived tables from the live view: only the stale people, or all of
+-- them when p_full, when the tables do not exist yet, or when most people are stale. In one
+-- REPEATABLE READ transaction (one snapshot: as_of_seq must match the events read), in two
+-- steps, so that the nightly job can hand the props to a second connection between them:
+--
+--   refresh_report_tables_begin  finds the stale people and reads their live events into
+--                                pg_temp.idmerge_report_events; moves the mark when no one is
+--                                stale (then nothing more is needed); returns the stale people
+--                                (null: everyone) and what the second step needs;
+--   refresh_report_tables_finish writes the tables from those events: p_tables 'all', or
+--                                'rest' (every table but report_person_props, whose rows
+--                                report_write_props writes, then, on another connection).
+--
+-- refresh_report_tables does both, 'all'. The split (NightlyJob.refreshReportTables): the
+-- props transaction must commit first, and the other only after it has (else it rolls back).
+-- Reports stay exact whichever of the two commits. report_state.as_of_seq and
+-- report_person_ids move with the second, so until it commits every person whose props the
+-- first rewrote is stale (stale since the old as_of_seq, hence read from the live view); and
+-- the props rows it may leave of people gone by then are read by no report (props are read
+-- only for the people of report_person_events rows) and are deleted when that person is
+-- stale again. report_person_events could not go first: a person gone by then would keep
+-- rows that reports read.
+--
+-- One temp table only: creating one with a jsonb column (and so a TOAST table) took about
+-- 5 ms here, in the file system, which the six of the single function cost on every run.
+create or replace function idmerge.refresh_report_tables_begin(p_project_id integer, p_full boolean default false)
+returns table (stale text[], full_rebuild boolean, state jsonb)
 language plpgsql
 set plan_cache_mode = force_custom_plan
 -- Its "drop table if exists pg_temp..." would otherwise print notices to a psql user.
@@ -251,21 +272,23 @@ set jit = off
 as $$
 #variable_conflict use_column
 declare
-    stale text[];
     changed text[];
+    -- The changed ids that had events at as_of_seq (a report_person_ids row), and whose.
+    old_ids text[];
+    old_people text[];
+    -- The stale people's ids that leave report_person_ids, and how many people they were.
+    gone_ids text[];
+    gone_people bigint := 0;
     as_of bigint;
     total bigint;
-    people_gone bigint := 0;
     -- The caller's setting: the few-people reads below run serially (parallel workers take
-    -- longer to start than those index reads take).
+    -- longer to start than those index reads take); restored after them.
     parallel_workers constant text := current_setting('max_parallel_workers_per_gather');
     snapshot_seq bigint;
     excluded_keys constant text[] := idmerge.report_excluded_keys();
     -- The keys whose amounts report_person_events.amounts holds (migration 0016): kept by an
     -- incremental refresh, chosen anew by a full one.
     value_keys text[] := '{}';
-    -- Each event's amounts of the value keys, as an expression over e.properties.
-    amounts_expression text;
 begin
     if current_setting('transaction_isolation') not in ('repeatable read', 'serializable') then
         raise exception 'refresh_report_tables must run in a REPEATABLE READ transaction'
@@ -278,19 +301,22 @@ begin
     select s.people, s.as_of_seq, s.value_keys into total, as_of, value_keys
     from idmerge.report_state as s where s.project_id = p_project_id;
     value_keys := coalesce(value_keys, '{}');
+    drop table if exists pg_temp.idmerge_report_events;
 
     -- The stale people, as report_stale_people finds them (the same rule), but keeping the
     -- changed ids' live events, which the refresh reads anyway: the changed ids are found
     -- once and their events read once. By index (sequential scans off; restored below, and
     -- at exit by the SET clause above): a few thousand ids, which the planner would price
     -- above a scan of every event.
-    drop table if exists pg_temp.idmerge_report_changed_events;
     if as_of is not null and not p_full then
         changed := array(select c.id from idmerge.report_changed_ids(p_project_id, as_of) as c);
+        if cardinality(changed) = 0 then
+            stale := '{}';
+        end if;
     end if;
     -- So many changed ids that most people are likely stale: rebuild everything, without
     -- reading their events by index first.
-    if changed is not null and cardinality(changed) <= greatest(total / 4, 10000) then
+    if cardinality(changed) > 0 and cardinality(changed) <= greatest(total / 4, 10000) then
         perform set_config('enable_seqscan', 'off', true);
         perform set_config('max_parallel_workers_per_gather', '0', true);
         -- Generic plans for the reads by a list of ids: a custom plan estimates the selectivity
@@ -300,9 +326,9 @@ begin
         -- Whom the changed ids' events belonged to at as_of_seq. Only the ids found here had
         -- events then (the tables hold every event up to as_of_seq, and report_person_ids a
         -- row for each of their ids), so only these are looked up among the older events.
-        drop table if exists pg_temp.idmerge_report_changed_ids;
-        create temp table idmerge_report_changed_ids on commit drop as
-        select i.ingested_distinct_id, i.distinct_id
+        select coalesce(array_agg(distinct i.ingested_distinct_id), '{}'),
+               coalesce(array_agg(distinct i.distinct_id), '{}')
+        into old_ids, old_people
         from idmerge.report_person_ids as i
         where i.project_id = p_project_id and i.ingested_distinct_id = any(changed);
         -- Their live events: those stored (or replaced, with a new seq) since as_of_seq, all of
@@ -313,7 +339,7 @@ begin
         -- event instead (74 M instructions more for 4,769 events of 1,348 links at 1M events),
         -- or, with statistics taken when no link was pending, rescans them all per event.
         perform set_config('enable_nestloop', 'off', true);
-        create temp table idmerge_report_changed_events on commit drop as
+        create temp table idmerge_report_events on commit drop as
         select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
                r.properties
         from idmerge.resolved_events as r
@@ -322,37 +348,36 @@ begin
         select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
                r.properties
         from idmerge.resolved_events as r
-        where r.project_id = p_project_id and r.ingest_seq <= as_of
-            and r.ingested_distinct_id = any(array(
-                select distinct c.ingested_distinct_id from pg_temp.idmerge_report_changed_ids as c));
+        where r.project_id = p_project_id and r.ingest_seq <= as_of and r.ingested_distinct_id = any(old_ids);
         stale := array(
-            select c.distinct_id collate "C" from pg_temp.idmerge_report_changed_ids as c
+            select p.id collate "C" from unnest(old_people) as p (id)
             union
-            select c.distinct_id collate "C" from pg_temp.idmerge_report_changed_events as c
+            select e.distinct_id collate "C" from pg_temp.idmerge_report_events as e
             order by 1);
-        drop table pg_temp.idmerge_report_changed_ids;
         perform set_config('enable_seqscan', 'on', true);
         perform set_config('max_parallel_workers_per_gather', parallel_workers, true);
         perform set_config('plan_cache_mode', 'force_custom_plan', true);
     end if;
     full_rebuild := p_full or stale is null or cardinality(stale) > greatest(total / 4, 10000);
+    if full_rebuild then
+        stale := null;
+    end if;
 
     -- Nothing changed since as_of_seq (in this snapshot): the tables already are the live
     -- view as of snapshot_seq, so only the mark moves (a run with nothing to do stays cheap).
     if not full_rebuild and cardinality(stale) = 0 then
         update idmerge.report_state as s set as_of_seq = snapshot_seq, built_at = now()
             where s.project_id = p_project_id;
-        people := 0;
+        state := jsonb_build_object('nothing_stale', true);
         return next;
         return;
     end if;
 
-    drop table if exists pg_temp.idmerge_report_events;
     if full_rebuild then
+        drop table if exists pg_temp.idmerge_report_events;
         delete from idmerge.report_person_ids where project_id = p_project_id;
         update idmerge.report_event_names as n set people = 0 where n.project_id = p_project_id;
         delete from idmerge.report_person_events where project_id = p_project_id;
-        delete from idmerge.report_person_props where project_id = p_project_id;
         create temp table idmerge_report_events on commit drop as
         select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
                r.properties
@@ -379,46 +404,172 @@ begin
         -- The stale people's ids leave report_person_ids first; what the delete returns says
         -- which of their ids are not changed ones, and how many people leave the tables
         -- (report_state.people moves by the difference, never by a recount of every person).
-        drop table if exists pg_temp.idmerge_report_gone_ids;
-        create temp table idmerge_report_gone_ids (ingested_distinct_id text, distinct_id text) on commit drop;
         with gone as (
             delete from idmerge.report_person_ids where project_id = p_project_id and distinct_id = any(stale)
             returning ingested_distinct_id, distinct_id
         )
-        insert into pg_temp.idmerge_report_gone_ids select gone.ingested_distinct_id, gone.distinct_id from gone;
-        select count(distinct g.distinct_id) into people_gone from pg_temp.idmerge_report_gone_ids as g;
-        -- The stale people's events. Those of changed ids are read already (every one belongs
-        -- to a stale person); the others are unchanged since as_of_seq, so their ids are those
-        -- report_person_ids held for the stale people (report_people_ids: the same rule).
-        create temp table idmerge_report_events on commit drop as
-        select c.distinct_id, c.ingested_distinct_id, c.event, c.ms, c.seq, c.properties
-        from pg_temp.idmerge_report_changed_events as c
-        union all
+        select coalesce(array_agg(distinct gone.ingested_distinct_id), '{}'), count(distinct gone.distinct_id)
+        into gone_ids, gone_people
+        from gone;
+        -- The stale people's other events. Those of changed ids are read already (every one
+        -- belongs to a stale person); the others are unchanged since as_of_seq, so their ids
+        -- are those report_person_ids held for the stale people (report_people_ids: the same
+        -- rule). As report_write_props reads them too.
+        insert into pg_temp.idmerge_report_events
         select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
                r.properties
         from idmerge.resolved_events as r
         where r.project_id = p_project_id
-            and r.ingested_distinct_id = any(array(
-                select g.ingested_distinct_id from pg_temp.idmerge_report_gone_ids as g
-                except
-                select unnest(changed)))
+            and r.ingested_distinct_id = any(array(select unnest(gone_ids) except select unnest(changed)))
             and r.distinct_id = any(stale);
-        drop table pg_temp.idmerge_report_gone_ids;
+        perform set_config('enable_seqscan', 'on', true);
+        perform set_config('max_parallel_workers_per_gather', parallel_workers, true);
+        perform set_config('plan_cache_mode', 'force_custom_plan', true);
+    end if;
+    -- old_ids and other_ids: the ids whose events up to as_of_seq were read, as above
+    -- (report_write_props reads the same events again, on another connection in this
+    -- snapshot).
+    state := jsonb_build_object(
+        'snapshot_seq', snapshot_seq, 'as_of_seq', as_of, 'total', total, 'value_keys', to_jsonb(value_keys),
+        'people_gone', gone_people, 'old_ids', to_jsonb(old_ids),
+        'other_ids', to_jsonb(array(select unnest(gone_ids) except select unnest(changed))));
+    return next;
+end
+$$;
+
+comment on function idmerge.refresh_report_tables_begin(integer, boolean) is
+    'Nightly, first step of a refresh: the stale people (null: all) and their live events, in pg_temp.idmerge_report_events. Run in a REPEATABLE READ transaction; then refresh_report_tables_finish with what it returns.';
+
+-- A project's report_person_props rows of p_stale (null: every person's) rewritten from the
+-- stale people's live events: pg_temp.idmerge_report_events as refresh_report_tables_begin
+-- fills it, or, when p_state is given (what begin returned, on the props part's connection,
+-- in begin's snapshot), the same events read again (cheaper than copying them over: the
+-- copy and its parse took 60 ms for 6,117 events, the read 36).
+drop function if exists idmerge.report_write_props(integer, text[]);
+
+create or replace function idmerge.report_write_props(p_project_id integer, p_stale text[], p_state jsonb default null)
+returns void
+language plpgsql
+set plan_cache_mode = force_custom_plan
+set enable_seqscan = on
+set enable_mergejoin = on
+set enable_nestloop = on
+set jit = off
+as $$
+declare
+    parallel_workers constant text := current_setting('max_parallel_workers_per_gather');
+begin
+    if p_state is not null and (p_stale is null or not (p_state ? 'old_ids')) then
+        raise exception 'report_write_props reads the live events of a few stale people only'
+            using errcode = 'invalid_parameter_value';
+    end if;
+    if p_stale is null then
+        delete from idmerge.report_person_props where project_id = p_project_id;
+    else
+        -- A few people: by index and serially, with generic plans (as in
+        -- refresh_report_tables_begin; restored below).
+        perform set_config('enable_seqscan', 'off', true);
+        perform set_config('max_parallel_workers_per_gather', '0', true);
+        perform set_config('plan_cache_mode', 'force_generic_plan', true);
+        delete from idmerge.report_person_props where project_id = p_project_id and distinct_id = any(p_stale);
+    end if;
+    -- The sorts and groupings compare ids in the "C" collation (as in
+    -- refresh_report_tables_finish). From the live events: as begin reads them (nested loops
+    -- off, as there): those since as_of_seq ($3), those up to it of old_ids ($4), and those of
+    -- other_ids ($5) that belong to a stale person.
+    if p_state is not null then
+        perform set_config('enable_nestloop', 'off', true);
+    end if;
+    execute format($insert$
+    insert into idmerge.report_person_props (project_id, key, distinct_id, times, seqs, vals)
+    select $1, kv.key collate "C", e.distinct_id collate "C",
+           array_agg(e.ms order by e.ms, e.seq), array_agg(e.seq order by e.ms, e.seq),
+           array_agg(kv.value order by e.ms, e.seq)
+    from %s
+    -- jsonb_object_keys returns a key per call; jsonb_each fills a tuplestore per event (2.4%%
+    -- of an incremental refresh's instructions more).
+    cross join lateral jsonb_object_keys(e.properties) as k (key)
+    cross join lateral (select k.key, e.properties -> k.key as value) as kv
+    where k.key <> all($2) and jsonb_typeof(kv.value) <> 'null'
+    group by 2, 3
+    order by 2, 3$insert$,
+        case when p_state is null
+            then '(select t.distinct_id, t.ms, t.seq, t.properties from pg_temp.idmerge_report_events as t) as e'
+            else '(select r.distinct_id, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq, r.properties
+                   from idmerge.resolved_events as r
+                   where r.project_id = $1 and r.ingest_seq > $3
+                   union all
+                   select r.distinct_id, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq, r.properties
+                   from idmerge.resolved_events as r
+                   where r.project_id = $1 and r.ingest_seq <= $3 and r.ingested_distinct_id = any($4)
+                   union all
+                   select r.distinct_id, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq, r.properties
+                   from idmerge.resolved_events as r
+                   where r.project_id = $1 and r.ingested_distinct_id = any($5) and r.distinct_id = any($6)) as e'
+        end)
+    using p_project_id, idmerge.report_excluded_keys(), (p_state ->> 'as_of_seq')::bigint,
+        array(select jsonb_array_elements_text(p_state -> 'old_ids')),
+        array(select jsonb_array_elements_text(p_state -> 'other_ids')), p_stale;
+end
+$$;
+
+comment on function idmerge.report_write_props(integer, text[], jsonb) is
+    'Nightly: rewrites a project''s report_person_props rows of the stale people (null: all) from their live events (pg_temp.idmerge_report_events, or read again as refresh_report_tables_begin read them).';
+
+create or replace function idmerge.refresh_report_tables_finish(
+    p_project_id integer, p_stale text[], p_state jsonb, p_tables text default 'all')
+returns table (people bigint, full_rebuild boolean)
+language plpgsql
+set plan_cache_mode = force_custom_plan
+set client_min_messages = warning
+set enable_seqscan = on
+set enable_mergejoin = on
+set enable_nestloop = on
+set jit = off
+as $$
+#variable_conflict use_column
+declare
+    parallel_workers constant text := current_setting('max_parallel_workers_per_gather');
+    value_keys text[];
+    -- Each event's amounts of the value keys, as an expression over e.properties.
+    amounts_expression text;
+begin
+    if p_tables is null or p_tables not in ('all', 'rest') then
+        raise exception 'p_tables must be ''all'' or ''rest'', not %', coalesce(p_tables, 'null')
+            using errcode = 'invalid_parameter_value';
+    end if;
+    full_rebuild := p_stale is null;
+    -- Nothing was stale: begin moved the mark.
+    if (p_state ->> 'nothing_stale')::boolean then
+        people := 0;
+        return next;
+        return;
+    end if;
+    if to_regclass('pg_temp.idmerge_report_events') is null or not (p_state ? 'snapshot_seq') then
+        raise exception 'refresh_report_tables_finish must follow refresh_report_tables_begin in its transaction, with what it returned'
+            using errcode = 'invalid_transaction_state';
+    end if;
+    value_keys := array(select jsonb_array_elements_text(p_state -> 'value_keys'));
+
+    if not full_rebuild then
+        -- The stale people's rows by index and serially, with generic plans (as in begin).
+        perform set_config('enable_seqscan', 'off', true);
+        perform set_config('max_parallel_workers_per_gather', '0', true);
+        perform set_config('plan_cache_mode', 'force_generic_plan', true);
         -- report_event_names.people: less the rows going (one per event name and person).
         with gone as (
-            delete from idmerge.report_person_events where project_id = p_project_id and distinct_id = any(stale)
+            delete from idmerge.report_person_events where project_id = p_project_id and distinct_id = any(p_stale)
             returning event
         )
         update idmerge.report_event_names as n set people = n.people - d.rows
         from (select gone.event, count(*) as rows from gone group by gone.event) as d
         where n.project_id = p_project_id and n.event = d.event;
-        delete from idmerge.report_person_props where project_id = p_project_id and distinct_id = any(stale);
         -- What follows reads the small temp table of their events: back to the planner's own
-        -- choice (off, it would price every plan of it as a disabled scan).
+        -- choice (off, it would price every plan of it as a disabled scan; restored at exit).
         perform set_config('enable_seqscan', 'on', true);
         perform set_config('max_parallel_workers_per_gather', parallel_workers, true);
         perform set_config('plan_cache_mode', 'force_custom_plan', true);
-        -- Without statistics on the temp tables the planner merge-joins a few thousand rows
+        -- Without statistics on the temp table the planner merge-joins a few thousand rows
         -- with three sorts; hashing them costs less (restored at exit by the SET clause).
         perform set_config('enable_mergejoin', 'off', true);
     end if;
@@ -430,8 +581,7 @@ begin
     select distinct p_project_id, e.ingested_distinct_id collate "C", e.distinct_id collate "C"
     from pg_temp.idmerge_report_events as e;
 
-    -- Number the names not seen before (after the numbers given), then each person's
-    -- timeline: their events' keys, sorted.
+    -- Number the names not seen before (after the numbers given).
     insert into idmerge.report_event_names (project_id, event, id)
     select p_project_id, n.event,
            (select coalesce(max(x.id), -1) from idmerge.report_event_names as x where x.project_id = p_project_id)
@@ -439,15 +589,6 @@ begin
     from (select distinct e.event from pg_temp.idmerge_report_events as e) as n
     where not exists (
         select 1 from idmerge.report_event_names as x where x.project_id = p_project_id and x.event = n.event);
-
-    drop table if exists pg_temp.idmerge_report_timelines;
-    create temp table idmerge_report_timelines on commit drop as
-    select e.distinct_id collate "C" as distinct_id,
-           array_agg(idmerge.report_timeline_key(n.id, e.ms) order by idmerge.report_timeline_key(n.id, e.ms))
-               as person_keys
-    from pg_temp.idmerge_report_events as e
-    inner join idmerge.report_event_names as n on n.project_id = p_project_id and n.event = e.event
-    group by 1;
 
     -- The amounts: per event, an array of the value keys' amounts ($2 holds the keys; only
     -- their positions are written into the text), aggregated in the order of times into
@@ -460,9 +601,18 @@ begin
                 select format('idmerge.attribution_amount(e.properties -> $2[%s])', i)
                 from generate_subscripts(value_keys, 1) as i), ', ')))
     end;
+    -- Each person's timeline (their events' keys, sorted) on every row of theirs.
     execute format($insert$
     insert into idmerge.report_person_events
         (project_id, event, distinct_id, first_ms, times, seqs, amounts, person_keys)
+    with timelines as (
+        select e.distinct_id collate "C" as distinct_id,
+               array_agg(idmerge.report_timeline_key(n.id, e.ms) order by idmerge.report_timeline_key(n.id, e.ms))
+                   as person_keys
+        from pg_temp.idmerge_report_events as e
+        inner join idmerge.report_event_names as n on n.project_id = $1 and n.event = e.event
+        group by 1
+    )
     select $1, g.event, g.distinct_id, g.first_ms, g.times, g.seqs, g.amounts, t.person_keys
     from (
         select e.event collate "C" as event, e.distinct_id collate "C" as distinct_id, min(e.ms) as first_ms,
@@ -471,7 +621,7 @@ begin
         from pg_temp.idmerge_report_events as e
         group by 1, 2
     ) as g
-    inner join pg_temp.idmerge_report_timelines as t on t.distinct_id = g.distinct_id
+    inner join timelines as t on t.distinct_id = g.distinct_id
     order by g.event, g.distinct_id$insert$, amounts_expression)
     using p_project_id, value_keys, array_fill(0::double precision, array[cardinality(value_keys)]);
     -- report_event_names.people: plus the rows written (one per event name and person).
@@ -482,28 +632,21 @@ begin
         group by e.event
     ) as g
     where n.project_id = p_project_id and n.event = g.event;
-    drop table pg_temp.idmerge_report_timelines;
 
-    insert into idmerge.report_person_props (project_id, key, distinct_id, times, seqs, vals)
-    select p_project_id, kv.key collate "C", e.distinct_id collate "C",
-           array_agg(e.ms order by e.ms, e.seq), array_agg(e.seq order by e.ms, e.seq),
-           array_agg(kv.value order by e.ms, e.seq)
-    from pg_temp.idmerge_report_events as e
-    -- jsonb_object_keys returns a key per call; jsonb_each fills a tuplestore per event (2.4%
-    -- of an incremental refresh's instructions more).
-    cross join lateral jsonb_object_keys(e.properties) as k (key)
-    cross join lateral (select k.key, e.properties -> k.key as value) as kv
-    where k.key <> all(excluded_keys) and jsonb_typeof(kv.value) <> 'null'
-    group by 2, 3
-    order by 2, 3;
+    if p_tables = 'all' then
+        perform idmerge.report_write_props(p_project_id, p_stale);
+    end if;
 
     select count(distinct e.distinct_id collate "C") into people from pg_temp.idmerge_report_events as e;
     -- The newest time: after a full rebuild a scan; else the old newest and the events since
     -- (report_newest_ms reads the old as_of_seq, not yet moved).
     insert into idmerge.report_state as s (project_id, as_of_seq, built_at, people, newest_ms, value_keys)
     values (
-        p_project_id, snapshot_seq, now(),
-        case when full_rebuild then people else coalesce(total, 0) - people_gone + people end,
+        p_project_id, (p_state ->> 'snapshot_seq')::bigint, now(),
+        case
+            when full_rebuild then people
+            else coalesce((p_state ->> 'total')::bigint, 0) - (p_state ->> 'people_gone')::bigint + people
+        end,
         case
             when full_rebuild then
                 (select idmerge.report_ms(max(e.time)) from idmerge.events as e where e.project_id = p_project_id)
@@ -513,9 +656,26 @@ begin
     on conflict (project_id) do update set
         as_of_seq = excluded.as_of_seq, built_at = excluded.built_at, people = excluded.people,
         newest_ms = excluded.newest_ms, value_keys = excluded.value_keys;
-    drop table pg_temp.idmerge_report_events;
-    drop table if exists pg_temp.idmerge_report_changed_events;
     return next;
+end
+$$;
+
+comment on function idmerge.refresh_report_tables_finish(integer, text[], jsonb, text) is
+    'Nightly, second step of a refresh: writes the derived report tables from what refresh_report_tables_begin found and returned (''rest'': all but report_person_props). Returns the people rewritten.';
+
+-- Both steps, every table: the refresh in one call (the nightly job's, when it has one
+-- connection for it). Returns the people rewritten.
+create or replace function idmerge.refresh_report_tables(p_project_id integer, p_full boolean default false)
+returns table (people bigint, full_rebuild boolean)
+language plpgsql
+set client_min_messages = warning
+as $$
+declare
+    begun record;
+begin
+    select * into strict begun from idmerge.refresh_report_tables_begin(p_project_id, p_full);
+    return query
+    select * from idmerge.refresh_report_tables_finish(p_project_id, begun.stale, begun.state, 'all');
 end
 $$;
 

@@ -924,4 +924,82 @@ struct ReportDerivedTests {
             #expect(try invariantViolations(db, projectId: project.id) == 0)
         }
     }
+
+    /// The nightly refresh's two transactions (sql/150_report_tables.sql, "Refreshing"): when
+    /// the props part has committed and the other has not (its connection lost before its
+    /// commit), every report still equals brute force, and the next run brings the tables to
+    /// what a full rebuild makes.
+    @Test func propsCommittedAloneLeaveReportsExact() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let other = try TestDatabase.connect(conninfo)
+            defer { other.close() }
+            for seed in UInt64(81)...83 {
+                let stream = RandomStream(seed: seed, people: 40, names: ["A", "B", "C", "X"])
+                let project = try Projects.create(name: "p\(seed)", mode: .simplified, on: db).project
+                let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+                let objects = stream.objects()
+                try importHalvesWithANightlyRunBetween(objects, importer: importer, project: project, on: db)
+                let context = "seed \(seed)"
+                try db.execute("begin isolation level repeatable read")
+                let snapshot: String = try db.query("select pg_export_snapshot() as s").first!.decode("s")
+                let begun = try db.query(
+                    "select stale::text as stale, state::text as state from idmerge.refresh_report_tables_begin($1)",
+                    [project.id]
+                ).first!
+                #expect(begun["stale"] != nil && begun["stale"] != "{}", "\(context): people are stale")
+                try other.transaction { other in
+                    try other.execute("set transaction isolation level repeatable read")
+                    try other.execute("set transaction snapshot '\(snapshot)'")
+                    try other.query(
+                        "select idmerge.report_write_props($1, $2::text[], $3::jsonb)",
+                        [project.id, begun["stale"], begun["state"]])
+                }
+                try db.execute("rollback")
+                try checkFunnel(stream, project: project, on: db, context: "\(context), props alone")
+                try checkAttribution(stream, project: project, on: db, context: "\(context), props alone")
+                _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+                try expectDerivedTablesEqualAFullRebuild(db, projectId: project.id, "\(context), the next run")
+                try checkAttribution(stream, project: project, on: db, context: "\(context), the next run")
+            }
+        }
+    }
+
+    /// The props part of a refresh fails (its connection read-only): the run fails, naming
+    /// the refresh; the other part rolls back, so the tables stay as they were; and the next
+    /// run, with both connections, makes them what a full rebuild makes.
+    @Test func aFailedPropsPartRollsTheRefreshBack() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            let (anonymous, links) = try anonymousThenLinked(devices: 12, perDevice: 2, prefix: "props-")
+            _ = try importer.importBytes(anonymous, name: "anonymous devices")
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            _ = try importer.importBytes(links, name: "links")
+            let before = try db.query(derivedTablesDigest, [project.id]).first!
+            // The refresh opens its connection first and the props part's second.
+            final class Opened: @unchecked Sendable { var count = 0 }
+            let opened = Opened()
+            var job = NightlyJob(connection: db, project: project, logger: TestDatabase.logger)
+            job.reportConnection = {
+                let connection = try TestDatabase.connect(conninfo)
+                opened.count += 1
+                if opened.count == 2 { try connection.execute("set default_transaction_read_only = on") }
+                return connection
+            }
+            #expect(throws: NightlyJob.ReportRefreshFailed.self) { _ = try job.run() }
+            #expect(opened.count == 2)
+            let after = try db.query(derivedTablesDigest, [project.id]).first!
+            for column in ["events", "props", "ids", "state", "names"] {
+                #expect(after[column] == before[column], "\(column) after the failed refresh")
+            }
+            job.reportConnection = { try TestDatabase.connect(conninfo) }
+            let rerun = try job.run()
+            #expect(rerun.reportPeopleRefreshed == 12)
+            try expectDerivedTablesEqualAFullRebuild(db, projectId: project.id, "after the rerun")
+        }
+    }
 }

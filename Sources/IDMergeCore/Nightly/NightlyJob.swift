@@ -3,8 +3,8 @@ import Logging
 import PGClient
 
 /// The nightly batch job: writes the identity map into `idmerge.events.distinct_id`, and
-/// refreshes the derived report tables (``refreshReportTables(projectId:on:)``), after the
-/// rewrite or, when ``reportConnection`` is set, beside it on a second connection.
+/// refreshes the derived report tables (``refreshReportTables(projectId:on:propsOn:)``), after
+/// the rewrite or, when ``reportConnection`` is set, beside it on connections of its own.
 ///
 /// It works in committed chunks of mappings (``chunkSize``), oldest first, through
 /// `idmerge.nightly_rewrite_chunk`, so a crash (even `kill -9`) loses at most the chunk in
@@ -20,11 +20,12 @@ public struct NightlyJob {
     public var chunkSize = 2000
     /// Called after each chunk with the totals so far.
     public var progress: ((_ links: Int, _ rows: Int) -> Void)?
-    /// Opens a second connection to the same database. When set, the derived report tables
-    /// are refreshed on it while the identity rewrite runs on ``connection``, so a run takes
-    /// about the longer of the two instead of their sum. That is exact: the refresh reads the
-    /// live view in one snapshot, and the live view does not depend on how far the rewrite
-    /// has got (sql/150_report_tables.sql, "Exactness"). Nil, or when it throws: the refresh
+    /// Opens another connection to the same database. When set, the derived report tables
+    /// are refreshed on two such connections (one when the second cannot be had) while the
+    /// identity rewrite runs on ``connection``, so a run takes about the longest of the three
+    /// instead of their sum. That is exact: the refresh reads the live view in one snapshot,
+    /// and the live view does not depend on how far the rewrite has got
+    /// (sql/150_report_tables.sql, "Exactness"). Nil, or when it throws at once: the refresh
     /// follows the rewrite on ``connection``.
     public var reportConnection: (@Sendable () throws -> Connection)?
 
@@ -48,29 +49,81 @@ public struct NightlyJob {
     }
 
     /// Brings the derived report tables (migrations/0005_report_tables.sql) up to the live
-    /// view through `idmerge.refresh_report_tables`: the people changed since the last
-    /// refresh, or everyone the first time. One REPEATABLE READ transaction, so the tables and
-    /// the ingest seq they record come from one snapshot; imports go on meanwhile, and what
-    /// they add stays visible to reports through the live view. After a full rebuild, a
-    /// vacuum, so reports can read the tables' indexes alone, with fresh statistics; after an
-    /// incremental refresh (a few people) autovacuum is enough, so the cost follows the people
-    /// changed, not the tables' size.
+    /// view: the people changed since the last refresh, or everyone the first time. One
+    /// REPEATABLE READ transaction, so the tables and the ingest seq they record come from one
+    /// snapshot; imports go on meanwhile, and what they add stays visible to reports through
+    /// the live view. After a full rebuild, a vacuum, so reports can read the tables' indexes
+    /// alone, with fresh statistics; after an incremental refresh (a few people) autovacuum is
+    /// enough, so the cost follows the people changed, not the tables' size.
+    ///
+    /// With `props`, an incremental refresh is split in two (sql/150_report_tables.sql,
+    /// "Refreshing"): `refresh_report_tables_begin` finds the stale people and their live
+    /// events on `connection`, which then writes every table but `report_person_props`; `props`
+    /// reads the same events in the same snapshot (`pg_export_snapshot`) and rewrites their
+    /// props rows in a transaction of its own, at the same time. `props` commits first and
+    /// `connection` only after it (reports are exact whichever of the two commits). The two
+    /// parts take about as long as each other (BENCHMARKS.md, "Nightly job, session 7").
     ///
     /// - Returns: the people rewritten.
-    /// - Throws: ``PostgresError``.
-    static func refreshReportTables(projectId: Int, on connection: Connection) throws -> Int {
+    /// - Throws: ``PostgresError``; then nothing was committed, or only the props part.
+    static func refreshReportTables(projectId: Int, on connection: Connection, propsOn props: Connection? = nil)
+        throws -> Int
+    {
         // A refresh whose client is gone (kill -9) cannot commit: its backend stops within a
         // second instead of working on beside the next run.
         try connection.execute("set client_connection_check_interval = '1s'")
+        try props?.execute("set client_connection_check_interval = '1s'")
         let (people, full) = try connection.transaction { connection -> (Int, Bool) in
             try connection.execute("set transaction isolation level repeatable read")
             // The tables are an unlogged cache (emptied by a crash; reports then read the live
             // view), so the commit need not wait for its WAL to reach the disk.
             try connection.execute("set local synchronous_commit = off")
-            let row = try connection.query(
-                "select people, full_rebuild from idmerge.refresh_report_tables($1)", [projectId]
+            // The props part reads in this transaction's snapshot.
+            let snapshot: String? =
+                props == nil ? nil : try connection.query("select pg_export_snapshot() as s").first!.decode("s")
+            // The stale people as an array literal, passed on as is (null: everyone), and what
+            // the second step needs.
+            let begun = try connection.query(
+                """
+                select stale::text as stale, cardinality(stale) as count, state::text as state
+                from idmerge.refresh_report_tables_begin($1)
+                """, [projectId]
             ).first!
-            return (try row.decode("people"), try row.decode("full_rebuild"))
+            let stale: String? = begun["stale"]
+            let staleCount: Int? = try begun.decode("count")
+            let state: String = try begun.decode("state")
+            let finish = """
+                select people, full_rebuild
+                from idmerge.refresh_report_tables_finish($1, $2::text[], $3::jsonb, $4)
+                """
+            guard let props, let snapshot, let stale, let staleCount, staleCount > 0 else {
+                let row = try connection.query(finish, [projectId, stale, state, "all"]).first!
+                return (try row.decode("people"), try row.decode("full_rebuild"))
+            }
+            // SET TRANSACTION SNAPSHOT takes no parameter: the id is checked (hex digits and
+            // dashes, as PostgreSQL writes it) before it is quoted into the statement.
+            guard !snapshot.isEmpty, snapshot.allSatisfy({ $0.isHexDigit || $0 == "-" }) else {
+                throw PostgresError(
+                    kind: .protocolViolation, code: .clientError,
+                    message: "unexpected snapshot id from pg_export_snapshot(): \(snapshot)")
+            }
+            let propsPart = Background(props) { props in
+                try props.transaction { props in
+                    try props.execute("set transaction isolation level repeatable read")
+                    try props.execute("set transaction snapshot '\(snapshot)'")
+                    try props.execute("set local synchronous_commit = off")
+                    try props.query(
+                        "select idmerge.report_write_props($1, $2::text[], $3::jsonb)", [projectId, stale, state])
+                }
+            }
+            let rest = Swift.Result { () throws -> (Int, Bool) in
+                let row = try connection.query(finish, [projectId, stale, state, "rest"]).first!
+                return (try row.decode("people"), try row.decode("full_rebuild"))
+            }
+            // The props part commits first (or this one rolls back); whatever this one's
+            // outcome, that one has ended before this returns.
+            try propsPart.wait().get()
+            return try rest.get()
         }
         if full {
             // identity_map too: the next refreshes (and report_stale_people, in every report)
@@ -220,10 +273,38 @@ public struct NightlyJob {
     }
 }
 
-/// The refresh of a project's derived report tables on a connection of its own, on a thread of
-/// its own: the connection opens at once, the refresh starts at ``begin()`` (or never, after
-/// ``cancel()``), and ``wait()`` returns what the thread did. The connection is closed when the
-/// thread ends, whatever the outcome.
+/// Work on a connection, on a thread of its own; ``wait()`` returns its result.
+private final class Background<T>: @unchecked Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    // Written by the thread before it signals `done`, read only after the wait.
+    private var result: Result<T, any Error>?
+
+    private let connection: Connection
+    private let body: (Connection) throws -> T
+
+    /// Starts `body` on `connection`, which nothing else may use until ``wait()`` returns.
+    init(_ connection: Connection, _ body: @escaping (Connection) throws -> T) {
+        self.connection = connection
+        self.body = body
+        let thread = Thread { [self] in
+            result = Result { try self.body(self.connection) }
+            done.signal()
+        }
+        thread.name = "idmerge.nightly.report-props"
+        thread.start()
+    }
+
+    /// Blocks until the work has ended. Call once.
+    func wait() -> Result<T, any Error> {
+        done.wait()
+        return result!
+    }
+}
+
+/// The refresh of a project's derived report tables on connections of its own, on a thread of
+/// its own: the connections open at once, the refresh starts at ``begin()`` (or never, after
+/// ``cancel()``), and ``wait()`` returns what the thread did. The connections are closed when
+/// the thread ends, whatever the outcome.
 private final class ConcurrentRefresh: @unchecked Sendable {
     /// What the thread did: the refresh's result; the error that opening its connection threw
     /// (then nothing was refreshed); or nothing, cancelled before it began.
@@ -247,6 +328,9 @@ private final class ConcurrentRefresh: @unchecked Sendable {
             do {
                 let connection = try open()
                 defer { connection.close() }
+                // The props part's (sql/150, p_tables); without it, one connection does all.
+                let props = try? open()
+                defer { props?.close() }
                 go.wait()
                 if cancelled {
                     outcome = .cancelled
@@ -254,7 +338,8 @@ private final class ConcurrentRefresh: @unchecked Sendable {
                     let start = Date()
                     outcome = .refreshed(
                         Result {
-                            let people = try NightlyJob.refreshReportTables(projectId: projectId, on: connection)
+                            let people = try NightlyJob.refreshReportTables(
+                                projectId: projectId, on: connection, propsOn: props)
                             return (people, Date().timeIntervalSince(start))
                         })
                 }

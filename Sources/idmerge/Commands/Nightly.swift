@@ -9,8 +9,8 @@ struct Nightly: ParsableCommand {
         abstract: "Rewrite resolved distinct_ids on the stored events for links made since the last run.",
         discussion: """
             Works in committed chunks; a crash loses at most the chunk in flight, and the next run \
-            finishes the work. The derived report tables are refreshed meanwhile on a second \
-            connection. Exit codes: 0 done; 75 another run holds the lock (with --no-wait); 1 failure.
+            finishes the work. The derived report tables are refreshed meanwhile on two more \
+            connections (one, or none, when they cannot be had). Exit codes: 0 done; 75 another run holds the lock (with --no-wait); 1 failure.
             """
     )
 
@@ -31,7 +31,7 @@ struct Nightly: ParsableCommand {
             }
             var job = NightlyJob(connection: db, project: project, logger: logger)
             job.chunkSize = max(1, chunkSize)
-            // The report tables are refreshed beside the identity rewrite, on a second connection.
+            // The report tables are refreshed beside the identity rewrite, on two more connections.
             let settings = ConnectionSettings.resolve(option: connection.databaseURL)
             job.reportConnection = {
                 try settings.connect(logger: logger, applicationName: "idmerge nightly (report tables)")
