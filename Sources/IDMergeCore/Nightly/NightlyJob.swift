@@ -238,6 +238,10 @@ public struct NightlyJob {
                 rewriteSeconds = Date().timeIntervalSince(rewriteStart)
                 switch concurrentRefresh?.wait() {
                 case .refreshed(let refreshed):
+                    if let error = concurrentRefresh?.propsNotConnected {
+                        let reason = (error as? ConnectionFailure)?.libpqMessage ?? "\(error)"
+                        logger.notice("no third connection (\(reason)): the report tables were refreshed on one")
+                    }
                     do {
                         (reportPeople, reportSeconds) = try refreshed.get()
                     } catch {
@@ -322,14 +326,21 @@ private final class ConcurrentRefresh: @unchecked Sendable {
     // Written by the thread before it signals `done`, read only after the wait.
     private var outcome: Outcome?
     private var waited: Outcome?
+    /// Why the props part's connection could not be opened (then the refresh ran on one).
+    /// Read after ``wait()``.
+    private(set) var propsNotConnected: (any Error)?
 
     init(projectId: Int, open: @escaping @Sendable () throws -> Connection) {
         let thread = Thread { [self] in
             do {
                 let connection = try open()
                 defer { connection.close() }
-                // The props part's (sql/150, p_tables); without it, one connection does all.
-                let props = try? open()
+                // The props part's (sql/150, "Refreshing"); without it, one connection does all.
+                let props: Connection?
+                do { props = try open() } catch {
+                    props = nil
+                    propsNotConnected = error
+                }
                 defer { props?.close() }
                 go.wait()
                 if cancelled {
