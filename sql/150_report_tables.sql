@@ -258,7 +258,7 @@ $$;
 -- rows that reports read.
 --
 -- One temp table only: creating one with a jsonb column (and so a TOAST table) took about
--- 5 ms here, in the file system, which the six of the single function cost on every run.
+-- 5 ms here, in the file system; the single function created six on every run.
 create or replace function idmerge.refresh_report_tables_begin(p_project_id integer, p_full boolean default false)
 returns table (stale text[], full_rebuild boolean, state jsonb)
 language plpgsql
@@ -368,7 +368,7 @@ begin
     if not full_rebuild and cardinality(stale) = 0 then
         update idmerge.report_state as s set as_of_seq = snapshot_seq, built_at = now()
             where s.project_id = p_project_id;
-        state := jsonb_build_object('nothing_stale', true);
+        state := jsonb_build_object('nothing_stale', true, 'stale_md5', md5(stale::text));
         return next;
         return;
     end if;
@@ -429,9 +429,10 @@ begin
     -- old_ids and other_ids: the ids whose events up to as_of_seq were read, as above
     -- (report_write_props reads the same events again, on another connection in this
     -- snapshot).
+    -- stale_md5: the next steps check that they were given the same stale people.
     state := jsonb_build_object(
         'snapshot_seq', snapshot_seq, 'as_of_seq', as_of, 'total', total, 'value_keys', to_jsonb(value_keys),
-        'people_gone', gone_people, 'old_ids', to_jsonb(old_ids),
+        'people_gone', gone_people, 'stale_md5', coalesce(md5(stale::text), 'everyone'), 'old_ids', to_jsonb(old_ids),
         'other_ids', to_jsonb(array(select unnest(gone_ids) except select unnest(changed))));
     return next;
 end
@@ -443,10 +444,9 @@ comment on function idmerge.refresh_report_tables_begin(integer, boolean) is
 -- A project's report_person_props rows of p_stale (null: every person's) rewritten from the
 -- stale people's live events: pg_temp.idmerge_report_events as refresh_report_tables_begin
 -- fills it, or, when p_state is given (what begin returned, on the props part's connection,
--- in begin's snapshot), the same events read again (cheaper than copying them over: the
--- copy and its parse took 60 ms for 6,117 events, the read 36).
-drop function if exists idmerge.report_write_props(integer, text[]);
-
+-- in begin's snapshot), the same events read again (off the critical path, unlike a copy
+-- of them from begin's connection: BENCHMARKS.md, "Nightly job, session 7"). p_stale and
+-- p_state must be what begin returned (checked by a digest of p_stale).
 create or replace function idmerge.report_write_props(p_project_id integer, p_stale text[], p_state jsonb default null)
 returns void
 language plpgsql
@@ -459,8 +459,9 @@ as $$
 declare
     parallel_workers constant text := current_setting('max_parallel_workers_per_gather');
 begin
-    if p_state is not null and (p_stale is null or not (p_state ? 'old_ids')) then
-        raise exception 'report_write_props reads the live events of a few stale people only'
+    if p_state is not null and (p_stale is null or not (p_state ? 'old_ids')
+                                or p_state ->> 'stale_md5' is distinct from md5(p_stale::text)) then
+        raise exception 'report_write_props needs the stale people and the state that refresh_report_tables_begin returned for an incremental refresh'
             using errcode = 'invalid_parameter_value';
     end if;
     if p_stale is null then
@@ -545,7 +546,8 @@ begin
         return next;
         return;
     end if;
-    if to_regclass('pg_temp.idmerge_report_events') is null or not (p_state ? 'snapshot_seq') then
+    if to_regclass('pg_temp.idmerge_report_events') is null or not (p_state ? 'snapshot_seq')
+            or p_state ->> 'stale_md5' is distinct from coalesce(md5(p_stale::text), 'everyone') then
         raise exception 'refresh_report_tables_finish must follow refresh_report_tables_begin in its transaction, with what it returned'
             using errcode = 'invalid_transaction_state';
     end if;

@@ -1002,4 +1002,41 @@ struct ReportDerivedTests {
             try expectDerivedTablesEqualAFullRebuild(db, projectId: project.id, "after the rerun")
         }
     }
+
+    /// The refresh's steps called by hand with what begin did not return (another stale list,
+    /// a full rebuild's null, no state) fail with a clear error, and the tables stay as they
+    /// were.
+    @Test func refreshStepsRefuseWhatBeginDidNotReturn() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            let (anonymous, links) = try anonymousThenLinked(devices: 6, perDevice: 2, prefix: "steps-")
+            _ = try importer.importBytes(anonymous, name: "anonymous devices")
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            _ = try importer.importBytes(links, name: "links")
+            let before = try db.query(derivedTablesDigest, [project.id]).first!
+            let calls = [
+                "select f.* from begun as b, idmerge.refresh_report_tables_finish($1, '{someone-else}', b.state, 'rest') as f",
+                "select f.* from begun as b, idmerge.refresh_report_tables_finish($1, null, b.state, 'all') as f",
+                "select f.* from begun as b, idmerge.refresh_report_tables_finish($1, b.stale, null, 'all') as f",
+                "select f.* from begun as b, idmerge.refresh_report_tables_finish($1, b.stale, b.state, 'props') as f",
+                "select idmerge.report_write_props($1, '{someone-else}', b.state) from begun as b",
+                "select idmerge.report_write_props($1, null, b.state) from begun as b",
+            ]
+            for call in calls {
+                try db.execute("begin isolation level repeatable read")
+                try db.query(
+                    "create temp table begun on commit drop as select * from idmerge.refresh_report_tables_begin($1)",
+                    [project.id])
+                #expect(throws: PostgresError.self, "\(call)") { try db.query(call, [project.id]) }
+                try db.execute("rollback")
+            }
+            let after = try db.query(derivedTablesDigest, [project.id]).first!
+            for column in ["events", "props", "ids", "state", "names"] {
+                #expect(after[column] == before[column], "\(column)")
+            }
+        }
+    }
 }

@@ -240,7 +240,7 @@ public struct NightlyJob {
                 case .refreshed(let refreshed):
                     if let error = concurrentRefresh?.propsNotConnected {
                         let reason = (error as? ConnectionFailure)?.libpqMessage ?? "\(error)"
-                        logger.notice("no third connection (\(reason)): the report tables were refreshed on one")
+                        logger.warning("no third connection (\(reason)): the report tables were refreshed on one")
                     }
                     do {
                         (reportPeople, reportSeconds) = try refreshed.get()
