@@ -253,9 +253,10 @@ $$;
 -- report_person_ids move with the second, so until it commits every person whose props the
 -- first rewrote is stale (stale since the old as_of_seq, hence read from the live view); and
 -- the props rows it may leave of people gone by then are read by no report (props are read
--- only for the people of report_person_events rows) and are deleted when that person is
--- stale again. report_person_events could not go first: a person gone by then would keep
--- rows that reports read.
+-- only for the people of report_person_events rows). It records whom it rewrote
+-- (report_props_written), and the next refresh counts them stale if the other part never
+-- committed, so no such row outlives it. report_person_events could not go first: a person
+-- gone by then would keep rows that reports read.
 --
 -- One temp table only: creating one with a jsonb column (and so a TOAST table) took about
 -- 5 ms here, in the file system; the single function created six on every run.
@@ -279,6 +280,9 @@ declare
     -- The stale people's ids that leave report_person_ids, and how many people they were.
     gone_ids text[];
     gone_people bigint := 0;
+    -- People whose props a refresh's props part rewrote, and whose other part never committed
+    -- (migrations/0017_report_props_written.sql): stale too.
+    props_ahead text[] := '{}';
     as_of bigint;
     total bigint;
     -- The caller's setting: the few-people reads below run serially (parallel workers take
@@ -301,7 +305,19 @@ begin
     select s.people, s.as_of_seq, s.value_keys into total, as_of, value_keys
     from idmerge.report_state as s where s.project_id = p_project_id;
     value_keys := coalesce(value_keys, '{}');
-    drop table if exists pg_temp.idmerge_report_events;
+    -- A second begin in one transaction would find the stale people's report_person_ids rows
+    -- gone already, and miss their older events.
+    if to_regclass('pg_temp.idmerge_report_events') is not null then
+        raise exception 'refresh_report_tables_begin was already called in this transaction'
+            using errcode = 'invalid_transaction_state';
+    end if;
+    -- The props parts since the last refresh that committed whole: those of the same as_of_seq
+    -- ran ahead of a second part that never committed; the older ones were followed by theirs.
+    select coalesce(array_agg(distinct p.id), '{}') into props_ahead
+    from idmerge.report_props_written as w
+    cross join lateral unnest(w.people) as p (id)
+    where w.project_id = p_project_id and w.as_of_seq = as_of;
+    delete from idmerge.report_props_written as w where w.project_id = p_project_id;
 
     -- The stale people, as report_stale_people finds them (the same rule), but keeping the
     -- changed ids' live events, which the refresh reads anyway: the changed ids are found
@@ -310,13 +326,14 @@ begin
     -- above a scan of every event.
     if as_of is not null and not p_full then
         changed := array(select c.id from idmerge.report_changed_ids(p_project_id, as_of) as c);
-        if cardinality(changed) = 0 then
+        if cardinality(changed) = 0 and cardinality(props_ahead) = 0 then
             stale := '{}';
         end if;
     end if;
     -- So many changed ids that most people are likely stale: rebuild everything, without
     -- reading their events by index first.
-    if cardinality(changed) > 0 and cardinality(changed) <= greatest(total / 4, 10000) then
+    if cardinality(changed) + cardinality(props_ahead) > 0
+            and cardinality(changed) + cardinality(props_ahead) <= greatest(total / 4, 10000) then
         perform set_config('enable_seqscan', 'off', true);
         perform set_config('max_parallel_workers_per_gather', '0', true);
         -- Generic plans for the reads by a list of ids: a custom plan estimates the selectivity
@@ -349,10 +366,15 @@ begin
                r.properties
         from idmerge.resolved_events as r
         where r.project_id = p_project_id and r.ingest_seq <= as_of and r.ingested_distinct_id = any(old_ids);
+        -- The people ahead in props are stale like the others: their events are among those
+        -- read here, or among those of their ids in report_person_ids (below), or they have
+        -- none (gone into another person), and then their props rows only leave.
         stale := array(
             select p.id collate "C" from unnest(old_people) as p (id)
             union
             select e.distinct_id collate "C" from pg_temp.idmerge_report_events as e
+            union
+            select p.id collate "C" from unnest(props_ahead) as p (id)
             order by 1);
         perform set_config('enable_seqscan', 'on', true);
         perform set_config('max_parallel_workers_per_gather', parallel_workers, true);
@@ -459,10 +481,14 @@ as $$
 declare
     parallel_workers constant text := current_setting('max_parallel_workers_per_gather');
 begin
-    if p_state is not null and (p_stale is null or not (p_state ? 'old_ids')
+    if p_state is not null and (p_stale is null or not (p_state ? 'old_ids') or p_state ->> 'as_of_seq' is null
                                 or p_state ->> 'stale_md5' is distinct from md5(p_stale::text)) then
         raise exception 'report_write_props needs the stale people and the state that refresh_report_tables_begin returned for an incremental refresh'
             using errcode = 'invalid_parameter_value';
+    end if;
+    if p_state is not null and current_setting('transaction_isolation') not in ('repeatable read', 'serializable') then
+        raise exception 'report_write_props must run in a REPEATABLE READ transaction, in the snapshot of refresh_report_tables_begin'
+            using errcode = 'invalid_transaction_state';
     end if;
     if p_stale is null then
         delete from idmerge.report_person_props where project_id = p_project_id;
@@ -511,6 +537,12 @@ begin
     using p_project_id, idmerge.report_excluded_keys(), (p_state ->> 'as_of_seq')::bigint,
         array(select jsonb_array_elements_text(p_state -> 'old_ids')),
         array(select jsonb_array_elements_text(p_state -> 'other_ids')), p_stale;
+    -- On a connection of its own, committed before the other part: whom it rewrote, for the
+    -- next refresh should that part never commit (migrations/0017_report_props_written.sql).
+    if p_state is not null then
+        insert into idmerge.report_props_written (project_id, as_of_seq, people)
+        values (p_project_id, (p_state ->> 'as_of_seq')::bigint, p_stale);
+    end if;
 end
 $$;
 

@@ -1024,6 +1024,7 @@ struct ReportDerivedTests {
                 "select f.* from begun as b, idmerge.refresh_report_tables_finish($1, b.stale, b.state, 'props') as f",
                 "select idmerge.report_write_props($1, '{someone-else}', b.state) from begun as b",
                 "select idmerge.report_write_props($1, null, b.state) from begun as b",
+                "select * from idmerge.refresh_report_tables_begin($1)",
             ]
             for call in calls {
                 try db.execute("begin isolation level repeatable read")
@@ -1037,6 +1038,60 @@ struct ReportDerivedTests {
             for column in ["events", "props", "ids", "state", "names"] {
                 #expect(after[column] == before[column], "\(column)")
             }
+        }
+    }
+
+    /// A person new since the last refresh, whose props the props part rewrote while the other
+    /// part never committed, then vanishes into another (their device linked to a user): the
+    /// next run leaves none of their props rows behind, as a full rebuild would not
+    /// (migrations/0017_report_props_written.sql).
+    @Test func propsAheadOfAFailedRefreshDoNotOutliveIt() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let other = try TestDatabase.connect(conninfo)
+            defer { other.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            let (anonymous, _) = try anonymousThenLinked(devices: 4, perDevice: 2, prefix: "old-")
+            _ = try importer.importBytes(anonymous, name: "anonymous devices")
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            func event(_ line: String) throws {
+                _ = try importer.importBytes(Array((line + "\n").utf8), name: "one event")
+            }
+            try event(
+                #"{"event":"View","properties":{"time":1767300000,"$device_id":"jd1","$insert_id":"jc1","utm_source":"radio"}}"#
+            )
+            // The props part alone commits (the other part's connection lost before its commit).
+            try db.execute("begin isolation level repeatable read")
+            let snapshot: String = try db.query("select pg_export_snapshot() as s").first!.decode("s")
+            let begun = try db.query(
+                "select stale::text as stale, state::text as state from idmerge.refresh_report_tables_begin($1)",
+                [project.id]
+            ).first!
+            try other.transaction { other in
+                try other.execute("set transaction isolation level repeatable read")
+                try other.execute("set transaction snapshot '\(snapshot)'")
+                try other.query(
+                    "select idmerge.report_write_props($1, $2::text[], $3::jsonb)",
+                    [project.id, begun["stale"], begun["state"]])
+            }
+            try db.execute("rollback")
+            // The new device's person vanishes into a user.
+            try event(
+                #"{"event":"Sign Up","properties":{"time":1767300300,"$device_id":"jd1","$user_id":"ju1","$insert_id":"jc2","utm_source":"radio"}}"#
+            )
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            let left: Int = try db.query(
+                "select count(*) as n from idmerge.report_person_props where project_id = $1 and distinct_id like '%jd1'",
+                [project.id]
+            ).first!.decode("n")
+            #expect(left == 0, "the vanished person's props rows")
+            try expectDerivedTablesEqualAFullRebuild(db, projectId: project.id, "after the next run")
+            let written: Int = try db.query(
+                "select count(*) as n from idmerge.report_props_written where project_id = $1", [project.id]
+            ).first!.decode("n")
+            #expect(written == 0, "the next refresh forgets what the props part wrote")
         }
     }
 }
