@@ -237,7 +237,7 @@ $$;
 -- Refreshing a project's derived tables from the live view: only the stale people, or all of
 -- them when p_full, when the tables do not exist yet, or when most people are stale. In one
 -- REPEATABLE READ transaction (one snapshot: as_of_seq must match the events read), in two
--- steps, so that the nightly job can hand the props to a second connection between them:
+-- steps, so that the nightly job can hand the props to another connection between them:
 --
 --   refresh_report_tables_begin  finds the stale people and reads their live events into
 --                                pg_temp.idmerge_report_events; moves the mark when no one is

@@ -86,6 +86,27 @@ func funnelRows(_ db: Connection, _ arguments: String, project: String) throws -
     ).rows.map { $0["row"] ?? "" }
 }
 
+/// A nightly refresh whose props part commits and whose other part never does (its
+/// connection lost before its commit), as NightlyJob runs the two: `db` begins and exports its
+/// snapshot, `other` rewrites the props in it and commits, `db` rolls back. Returns the stale
+/// people, as an array literal.
+@discardableResult
+func commitThePropsPartAlone(_ db: Connection, _ other: Connection, projectId: Int) throws -> String? {
+    try db.execute("begin isolation level repeatable read")
+    let snapshot: String = try db.query("select pg_export_snapshot() as s").first!.decode("s")
+    let begun = try db.query(
+        "select stale::text as stale, state::text as state from idmerge.refresh_report_tables_begin($1)", [projectId]
+    ).first!
+    try other.transaction { other in
+        try other.execute("set transaction isolation level repeatable read")
+        try other.execute("set transaction snapshot '\(snapshot)'")
+        try other.query(
+            "select idmerge.report_write_props($1, $2::text[], $3::jsonb)", [projectId, begun["stale"], begun["state"]])
+    }
+    try db.execute("rollback")
+    return begun["stale"]
+}
+
 /// The derived report tables (sql/150_report_tables.sql) against the live view: reports read
 /// them for the people they hold current and the live view for the others, whatever the
 /// interleaving of imports (new events, new links to devices seen before) and nightly runs.
@@ -942,21 +963,8 @@ struct ReportDerivedTests {
                 let objects = stream.objects()
                 try importHalvesWithANightlyRunBetween(objects, importer: importer, project: project, on: db)
                 let context = "seed \(seed)"
-                try db.execute("begin isolation level repeatable read")
-                let snapshot: String = try db.query("select pg_export_snapshot() as s").first!.decode("s")
-                let begun = try db.query(
-                    "select stale::text as stale, state::text as state from idmerge.refresh_report_tables_begin($1)",
-                    [project.id]
-                ).first!
-                #expect(begun["stale"] != nil && begun["stale"] != "{}", "\(context): people are stale")
-                try other.transaction { other in
-                    try other.execute("set transaction isolation level repeatable read")
-                    try other.execute("set transaction snapshot '\(snapshot)'")
-                    try other.query(
-                        "select idmerge.report_write_props($1, $2::text[], $3::jsonb)",
-                        [project.id, begun["stale"], begun["state"]])
-                }
-                try db.execute("rollback")
+                let stale = try commitThePropsPartAlone(db, other, projectId: project.id)
+                #expect(stale != nil && stale != "{}", "\(context): people are stale")
                 try checkFunnel(stream, project: project, on: db, context: "\(context), props alone")
                 try checkAttribution(stream, project: project, on: db, context: "\(context), props alone")
                 _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
@@ -1063,20 +1071,7 @@ struct ReportDerivedTests {
                 #"{"event":"View","properties":{"time":1767300000,"$device_id":"jd1","$insert_id":"jc1","utm_source":"radio"}}"#
             )
             // The props part alone commits (the other part's connection lost before its commit).
-            try db.execute("begin isolation level repeatable read")
-            let snapshot: String = try db.query("select pg_export_snapshot() as s").first!.decode("s")
-            let begun = try db.query(
-                "select stale::text as stale, state::text as state from idmerge.refresh_report_tables_begin($1)",
-                [project.id]
-            ).first!
-            try other.transaction { other in
-                try other.execute("set transaction isolation level repeatable read")
-                try other.execute("set transaction snapshot '\(snapshot)'")
-                try other.query(
-                    "select idmerge.report_write_props($1, $2::text[], $3::jsonb)",
-                    [project.id, begun["stale"], begun["state"]])
-            }
-            try db.execute("rollback")
+            try commitThePropsPartAlone(db, other, projectId: project.id)
             // The new device's person vanishes into a user.
             try event(
                 #"{"event":"Sign Up","properties":{"time":1767300300,"$device_id":"jd1","$user_id":"ju1","$insert_id":"jc2","utm_source":"radio"}}"#
