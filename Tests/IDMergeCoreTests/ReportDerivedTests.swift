@@ -41,6 +41,13 @@ func replacedCopy(_ object: Any) -> [String: Any] {
     return again
 }
 
+/// Expects two digests of the derived tables (derivedTablesDigest) equal, column by column.
+func expectSameDerivedTables(_ actual: Row, _ expected: Row, _ context: String) {
+    for column in ["events", "props", "ids", "state", "names"] {
+        #expect(actual[column] == expected[column], "\(context): \(column)")
+    }
+}
+
 /// Rebuilds a project's derived tables in full and expects them as they were: the digest of
 /// the tables before the rebuild, column by column, against the one after. Returns the latter.
 @discardableResult
@@ -51,9 +58,7 @@ func expectDerivedTablesEqualAFullRebuild(_ db: Connection, projectId: Int, _ co
         _ = try db.query("select * from idmerge.refresh_report_tables($1, true)", [projectId])
     }
     let full = try db.query(derivedTablesDigest, [projectId]).first!
-    for column in ["events", "props", "ids", "state", "names"] {
-        #expect(before[column] == full[column], "\(context) \(column)")
-    }
+    expectSameDerivedTables(before, full, context)
     return full
 }
 
@@ -828,9 +833,7 @@ struct ReportDerivedTests {
             }
             #expect(idle.0 == 0 && !idle.1)
             let after = try db.query(derivedTablesDigest, [project.id]).first!
-            for column in ["events", "props", "ids", "state", "names"] {
-                #expect(after[column] == full[column], "\(column) after a refresh with nothing to do")
-            }
+            expectSameDerivedTables(after, full, "after a refresh with nothing to do")
         }
     }
 
@@ -1001,9 +1004,7 @@ struct ReportDerivedTests {
             #expect(throws: NightlyJob.ReportRefreshFailed.self) { _ = try job.run() }
             #expect(opened.count == 2)
             let after = try db.query(derivedTablesDigest, [project.id]).first!
-            for column in ["events", "props", "ids", "state", "names"] {
-                #expect(after[column] == before[column], "\(column) after the failed refresh")
-            }
+            expectSameDerivedTables(after, before, "after the failed refresh")
             job.reportConnection = { try TestDatabase.connect(conninfo) }
             let rerun = try job.run()
             #expect(rerun.reportPeopleRefreshed == 12)
@@ -1043,9 +1044,7 @@ struct ReportDerivedTests {
                 try db.execute("rollback")
             }
             let after = try db.query(derivedTablesDigest, [project.id]).first!
-            for column in ["events", "props", "ids", "state", "names"] {
-                #expect(after[column] == before[column], "\(column)")
-            }
+            expectSameDerivedTables(after, before, "after the refused calls")
         }
     }
 
