@@ -6,9 +6,9 @@
 -- (identity_map.rewritten = false) that are newer than an event's resolution correct it,
 -- so the join touches the few pending mappings, not the whole map.
 
-create or replace view idmerge.resolved_events as
+create or replace view idmerge.resolved_events_located as
 with events as (
-    select * from idmerge.events
+    select *, tableoid as event_partition, ctid as event_ctid from idmerge.events
 ),
 pending_mappings as (
     select project_id, id, canonical_id, seq
@@ -37,7 +37,9 @@ final as (
         events.properties,
         events.seq as ingest_seq,
         events.project_id,
-        events.batch_id
+        events.batch_id,
+        events.event_partition::regclass as event_partition,
+        events.event_ctid
     from events
     -- A left join on the projects' key: PostgreSQL removes it when a query does not read
     -- the project column, so a scan of the view costs little more than a scan of the events.
@@ -49,6 +51,33 @@ final as (
         and pending_mappings.seq > events.resolved_seq
 )
 select * from final;
+
+comment on view idmerge.resolved_events_located is 'Internal: idmerge.resolved_events with where each row is stored, for the nightly refresh (its props part reads the same rows again by ctid); not for reports.';
+comment on column idmerge.resolved_events_located.project is 'As idmerge.resolved_events.project.';
+comment on column idmerge.resolved_events_located.event is 'As idmerge.resolved_events.event.';
+comment on column idmerge.resolved_events_located.time is 'As idmerge.resolved_events.time.';
+comment on column idmerge.resolved_events_located.insert_id is 'As idmerge.resolved_events.insert_id.';
+comment on column idmerge.resolved_events_located.distinct_id is 'As idmerge.resolved_events.distinct_id.';
+comment on column idmerge.resolved_events_located.ingested_distinct_id is 'As idmerge.resolved_events.ingested_distinct_id.';
+comment on column idmerge.resolved_events_located.device_id is 'As idmerge.resolved_events.device_id.';
+comment on column idmerge.resolved_events_located.user_id is 'As idmerge.resolved_events.user_id.';
+comment on column idmerge.resolved_events_located.distinct_id_before_identity is 'As idmerge.resolved_events.distinct_id_before_identity.';
+comment on column idmerge.resolved_events_located.identity_failure_reason is 'As idmerge.resolved_events.identity_failure_reason.';
+comment on column idmerge.resolved_events_located.identity_failure_description is 'As idmerge.resolved_events.identity_failure_description.';
+comment on column idmerge.resolved_events_located.properties is 'As idmerge.resolved_events.properties.';
+comment on column idmerge.resolved_events_located.ingest_seq is 'As idmerge.resolved_events.ingest_seq.';
+comment on column idmerge.resolved_events_located.project_id is 'As idmerge.resolved_events.project_id.';
+comment on column idmerge.resolved_events_located.batch_id is 'As idmerge.resolved_events.batch_id.';
+comment on column idmerge.resolved_events_located.event_partition is 'The partition of idmerge.events that stores the row (its tableoid).';
+comment on column idmerge.resolved_events_located.event_ctid is 'The row version''s ctid in that partition: valid only in the snapshot that read it.';
+
+-- The documented view: the one above without where rows are stored (the planner inlines
+-- both, so a query on it plans as one on idmerge.events).
+create or replace view idmerge.resolved_events as
+select project, event, time, insert_id, distinct_id, ingested_distinct_id, device_id, user_id,
+       distinct_id_before_identity, identity_failure_reason, identity_failure_description, properties,
+       ingest_seq, project_id, batch_id
+from idmerge.resolved_events_located;
 
 comment on view idmerge.resolved_events is 'One row per stored event with its identity resolved live (no lag after an import commits).';
 comment on column idmerge.resolved_events.project is 'Project name.';

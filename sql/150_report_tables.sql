@@ -242,7 +242,9 @@ $$;
 --   refresh_report_tables_begin  finds the stale people and reads their live events into
 --                                pg_temp.idmerge_report_events; moves the mark when no one is
 --                                stale (then nothing more is needed); returns the stale people
---                                (null: everyone) and what the second step needs;
+--                                (null: everyone), what the second step needs, and where
+--                                those events are stored (partition and ctid, for the props
+--                                part, which reads them again by ctid in the same snapshot);
 --   refresh_report_tables_finish writes the tables from those events: p_tables 'all', or
 --                                'rest' (every table but report_person_props, whose rows
 --                                report_write_props writes, then, on another connection).
@@ -260,8 +262,11 @@ $$;
 --
 -- One temp table only: creating one with a jsonb column (and so a TOAST table) took about
 -- 5 ms here, in the file system; the single function created six on every run.
+drop function if exists idmerge.refresh_report_tables_begin(integer, boolean);
+
 create or replace function idmerge.refresh_report_tables_begin(p_project_id integer, p_full boolean default false)
-returns table (stale text[], full_rebuild boolean, state jsonb)
+returns table (
+    stale text[], full_rebuild boolean, state jsonb, props_partitions oid[], props_ctids tid[], props_people text[])
 language plpgsql
 set plan_cache_mode = force_custom_plan
 -- Its "drop table if exists pg_temp..." would otherwise print notices to a psql user.
@@ -358,13 +363,13 @@ begin
         perform set_config('enable_nestloop', 'off', true);
         create temp table idmerge_report_events on commit drop as
         select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
-               r.properties
-        from idmerge.resolved_events as r
+               r.properties, r.event_partition, r.event_ctid
+        from idmerge.resolved_events_located as r
         where r.project_id = p_project_id and r.ingest_seq > as_of
         union all
         select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
-               r.properties
-        from idmerge.resolved_events as r
+               r.properties, r.event_partition, r.event_ctid
+        from idmerge.resolved_events_located as r
         where r.project_id = p_project_id and r.ingest_seq <= as_of and r.ingested_distinct_id = any(old_ids);
         -- The people ahead in props are stale like the others: their events are among those
         -- read here, or among those of their ids in report_person_ids (below), or they have
@@ -400,9 +405,10 @@ begin
         delete from idmerge.report_person_ids where project_id = p_project_id;
         update idmerge.report_event_names as n set people = 0 where n.project_id = p_project_id;
         delete from idmerge.report_person_events where project_id = p_project_id;
+        -- (Where each row is stored: only a props part on another connection reads that.)
         create temp table idmerge_report_events on commit drop as
         select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
-               r.properties
+               r.properties, null::regclass as event_partition, null::tid as event_ctid
         from idmerge.resolved_events as r
         where r.project_id = p_project_id;
         -- The value keys: those a sample of the events (the first 100,000 rows) carries as JSON
@@ -439,8 +445,8 @@ begin
         -- rule). As report_write_props reads them too.
         insert into pg_temp.idmerge_report_events
         select r.distinct_id, r.ingested_distinct_id, r.event, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq,
-               r.properties
-        from idmerge.resolved_events as r
+               r.properties, r.event_partition, r.event_ctid
+        from idmerge.resolved_events_located as r
         where r.project_id = p_project_id
             and r.ingested_distinct_id = any(array(select unnest(gone_ids) except select unnest(changed)))
             and r.distinct_id = any(stale);
@@ -448,14 +454,22 @@ begin
         perform set_config('max_parallel_workers_per_gather', parallel_workers, true);
         perform set_config('plan_cache_mode', 'force_custom_plan', true);
     end if;
-    -- old_ids and other_ids: the ids whose events up to as_of_seq were read, as above
-    -- (report_write_props reads the same events again, on another connection in this
-    -- snapshot).
-    -- stale_md5: the next steps check that they were given the same stale people.
+    -- stale_md5: the next steps check that they were given the same stale people. snapshot:
+    -- report_write_props, on another connection, checks that it reads in this one.
     state := jsonb_build_object(
         'snapshot_seq', snapshot_seq, 'as_of_seq', as_of, 'total', total, 'value_keys', to_jsonb(value_keys),
-        'people_gone', gone_people, 'stale_md5', coalesce(md5(stale::text), 'everyone'), 'old_ids', to_jsonb(old_ids),
-        'other_ids', to_jsonb(array(select unnest(gone_ids) except select unnest(changed))));
+        'people_gone', gone_people, 'stale_md5', coalesce(md5(stale::text), 'everyone'),
+        'snapshot', pg_current_snapshot()::text,
+        'events', (select count(*) from pg_temp.idmerge_report_events));
+    -- For a props part on another connection: where the events read are stored, and whose
+    -- they are, as three arrays of one order (report_write_props reads those rows again by
+    -- ctid: a tenth of the cost of reading them by index again; BENCHMARKS.md, "Nightly job,
+    -- session 8").
+    if not full_rebuild then
+        select array_agg(e.event_partition::oid), array_agg(e.event_ctid), array_agg(e.distinct_id::text)
+        into props_partitions, props_ctids, props_people
+        from pg_temp.idmerge_report_events as e;
+    end if;
     return next;
 end
 $$;
@@ -465,11 +479,17 @@ comment on function idmerge.refresh_report_tables_begin(integer, boolean) is
 
 -- A project's report_person_props rows of p_stale (null: every person's) rewritten from the
 -- stale people's live events: pg_temp.idmerge_report_events as refresh_report_tables_begin
--- fills it, or, when p_state is given (what begin returned, on the props part's connection,
--- in begin's snapshot), the same events read again (off the critical path, unlike a copy
--- of them from begin's connection: BENCHMARKS.md, "Nightly job, session 7"). p_stale and
--- p_state must be what begin returned (checked by a digest of p_stale).
-create or replace function idmerge.report_write_props(p_project_id integer, p_stale text[], p_state jsonb default null)
+-- fills it, or, when p_state is given (on the props part's connection, in begin's snapshot),
+-- the same rows read again by ctid. p_stale, p_state and the three arrays must be what begin
+-- returned: its props_partitions, props_ctids and props_people, one element per event (where
+-- it is stored, and whose it is). Checked: the digest of p_stale, the snapshot, the number
+-- of events, and that each is a stale person's. A ctid names a row version only in the
+-- snapshot that read it, hence the check of the snapshot.
+drop function if exists idmerge.report_write_props(integer, text[], jsonb);
+
+create or replace function idmerge.report_write_props(
+    p_project_id integer, p_stale text[], p_state jsonb default null, p_partitions oid[] default null,
+    p_ctids tid[] default null, p_people text[] default null)
 returns void
 language plpgsql
 set plan_cache_mode = force_custom_plan
@@ -479,16 +499,25 @@ set enable_nestloop = on
 set jit = off
 as $$
 declare
-    parallel_workers constant text := current_setting('max_parallel_workers_per_gather');
+    events_source text;
 begin
-    if p_state is not null and (p_stale is null or not (p_state ? 'old_ids') or p_state ->> 'as_of_seq' is null
+    if p_state is not null and (p_stale is null or p_state ->> 'as_of_seq' is null or not (p_state ? 'snapshot')
                                 or p_state ->> 'stale_md5' is distinct from md5(p_stale::text)) then
         raise exception 'report_write_props needs the stale people and the state that refresh_report_tables_begin returned for an incremental refresh'
             using errcode = 'invalid_parameter_value';
     end if;
-    if p_state is not null and current_setting('transaction_isolation') not in ('repeatable read', 'serializable') then
+    if p_state is not null and (current_setting('transaction_isolation') not in ('repeatable read', 'serializable')
+                                or pg_current_snapshot()::text is distinct from p_state ->> 'snapshot') then
         raise exception 'report_write_props must run in a REPEATABLE READ transaction, in the snapshot of refresh_report_tables_begin'
             using errcode = 'invalid_transaction_state';
+    end if;
+    if p_state is not null and (
+            p_partitions is null or p_ctids is null or p_people is null
+            or cardinality(p_partitions) <> (p_state ->> 'events')::bigint
+            or cardinality(p_ctids) <> cardinality(p_partitions) or cardinality(p_people) <> cardinality(p_partitions)
+            or exists (select p.id from unnest(p_people) as p (id) except select s.id from unnest(p_stale) as s (id))) then
+        raise exception 'report_write_props needs the events that refresh_report_tables_begin returned (props_partitions, props_ctids, props_people), one element each per event of a stale person'
+            using errcode = 'invalid_parameter_value';
     end if;
     if p_stale is null then
         delete from idmerge.report_person_props where project_id = p_project_id;
@@ -500,43 +529,37 @@ begin
         perform set_config('plan_cache_mode', 'force_generic_plan', true);
         delete from idmerge.report_person_props where project_id = p_project_id and distinct_id = any(p_stale);
     end if;
-    -- The sorts and groupings compare ids in the "C" collation (as in
-    -- refresh_report_tables_finish). From the live events: as begin reads them (nested loops
-    -- off, as there): those since as_of_seq ($3), those up to it of old_ids ($4), and those of
-    -- other_ids ($5) that belong to a stale person.
-    if p_state is not null then
-        perform set_config('enable_nestloop', 'off', true);
+    -- The events: the temp table, or each partition's rows by ctid ("Tid Scan", sequential
+    -- scans being off), paired with whose they are.
+    if p_state is null then
+        events_source := 'select t.distinct_id, t.ms, t.seq, t.properties from pg_temp.idmerge_report_events as t';
+    else
+        events_source := coalesce(nullif(array_to_string(array(
+            select format(
+                'select h.person as distinct_id, idmerge.report_ms(r.time) as ms, r.seq, r.properties
+                 from unnest($3, $4, $5) as h (partition, ctid, person)
+                 inner join %s as r on r.ctid = h.ctid
+                 where h.partition = %s', p.partition::regclass, p.partition)
+            from (select distinct x.partition from unnest(p_partitions) as x (partition)) as p
+            order by p.partition), ' union all '), ''),
+            'select null::text as distinct_id, null::bigint as ms, null::bigint as seq, null::jsonb as properties where false');
     end if;
+    -- The sorts and groupings compare ids in the "C" collation (as in
+    -- refresh_report_tables_finish).
     execute format($insert$
     insert into idmerge.report_person_props (project_id, key, distinct_id, times, seqs, vals)
     select $1, kv.key collate "C", e.distinct_id collate "C",
            array_agg(e.ms order by e.ms, e.seq), array_agg(e.seq order by e.ms, e.seq),
            array_agg(kv.value order by e.ms, e.seq)
-    from %s
+    from (%s) as e
     -- jsonb_object_keys returns a key per call; jsonb_each fills a tuplestore per event (2.4%%
     -- of an incremental refresh's instructions more).
     cross join lateral jsonb_object_keys(e.properties) as k (key)
     cross join lateral (select k.key, e.properties -> k.key as value) as kv
     where k.key <> all($2) and jsonb_typeof(kv.value) <> 'null'
     group by 2, 3
-    order by 2, 3$insert$,
-        case when p_state is null
-            then '(select t.distinct_id, t.ms, t.seq, t.properties from pg_temp.idmerge_report_events as t) as e'
-            else '(select r.distinct_id, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq, r.properties
-                   from idmerge.resolved_events as r
-                   where r.project_id = $1 and r.ingest_seq > $3
-                   union all
-                   select r.distinct_id, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq, r.properties
-                   from idmerge.resolved_events as r
-                   where r.project_id = $1 and r.ingest_seq <= $3 and r.ingested_distinct_id = any($4)
-                   union all
-                   select r.distinct_id, idmerge.report_ms(r.time) as ms, r.ingest_seq as seq, r.properties
-                   from idmerge.resolved_events as r
-                   where r.project_id = $1 and r.ingested_distinct_id = any($5) and r.distinct_id = any($6)) as e'
-        end)
-    using p_project_id, idmerge.report_excluded_keys(), (p_state ->> 'as_of_seq')::bigint,
-        array(select jsonb_array_elements_text(p_state -> 'old_ids')),
-        array(select jsonb_array_elements_text(p_state -> 'other_ids')), p_stale;
+    order by 2, 3$insert$, events_source)
+    using p_project_id, idmerge.report_excluded_keys(), p_partitions, p_ctids, p_people;
     -- On a connection of its own, committed before the other part: whom it rewrote, for the
     -- next refresh should that part never commit (migrations/0017_report_props_written.sql).
     if p_state is not null then
@@ -546,8 +569,8 @@ begin
 end
 $$;
 
-comment on function idmerge.report_write_props(integer, text[], jsonb) is
-    'Nightly: rewrites a project''s report_person_props rows of the stale people (null: all) from their live events (pg_temp.idmerge_report_events, or read again as refresh_report_tables_begin read them).';
+comment on function idmerge.report_write_props(integer, text[], jsonb, oid[], tid[], text[]) is
+    'Nightly: rewrites a project''s report_person_props rows of the stale people (null: all) from their live events (pg_temp.idmerge_report_events, or the rows refresh_report_tables_begin located, read again by ctid).';
 
 create or replace function idmerge.refresh_report_tables_finish(
     p_project_id integer, p_stale text[], p_state jsonb, p_tables text default 'all')

@@ -100,13 +100,18 @@ func commitThePropsPartAlone(_ db: Connection, _ other: Connection, projectId: I
     try db.execute("begin isolation level repeatable read")
     let snapshot: String = try db.query("select pg_export_snapshot() as s").first!.decode("s")
     let begun = try db.query(
-        "select stale::text as stale, state::text as state from idmerge.refresh_report_tables_begin($1)", [projectId]
+        """
+        select stale::text as stale, state::text as state, props_partitions::text as partitions,
+            props_ctids::text as ctids, props_people::text as people
+        from idmerge.refresh_report_tables_begin($1)
+        """, [projectId]
     ).first!
     try other.transaction { other in
         try other.execute("set transaction isolation level repeatable read")
         try other.execute("set transaction snapshot '\(snapshot)'")
         try other.query(
-            "select idmerge.report_write_props($1, $2::text[], $3::jsonb)", [projectId, begun["stale"], begun["state"]])
+            "select idmerge.report_write_props($1, $2::text[], $3::jsonb, $4::oid[], $5::tid[], $6::text[])",
+            [projectId, begun["stale"], begun["state"], begun["partitions"], begun["ctids"], begun["people"]])
     }
     try db.execute("rollback")
     return begun["stale"]
@@ -1031,8 +1036,24 @@ struct ReportDerivedTests {
                 "select f.* from begun as b, idmerge.refresh_report_tables_finish($1, null, b.state, 'all') as f",
                 "select f.* from begun as b, idmerge.refresh_report_tables_finish($1, b.stale, null, 'all') as f",
                 "select f.* from begun as b, idmerge.refresh_report_tables_finish($1, b.stale, b.state, 'props') as f",
-                "select idmerge.report_write_props($1, '{someone-else}', b.state) from begun as b",
-                "select idmerge.report_write_props($1, null, b.state) from begun as b",
+                """
+                select idmerge.report_write_props($1, '{someone-else}', b.state, b.props_partitions, b.props_ctids,
+                    b.props_people) from begun as b
+                """,
+                """
+                select idmerge.report_write_props($1, null, b.state, b.props_partitions, b.props_ctids, b.props_people)
+                from begun as b
+                """,
+                // Without the events begun located, with one too few, with another person's.
+                "select idmerge.report_write_props($1, b.stale, b.state) from begun as b",
+                """
+                select idmerge.report_write_props($1, b.stale, b.state, b.props_partitions[2:], b.props_ctids[2:],
+                    b.props_people[2:]) from begun as b
+                """,
+                """
+                select idmerge.report_write_props($1, b.stale, b.state, b.props_partitions, b.props_ctids,
+                    array_fill('someone-else'::text, array[cardinality(b.props_people)])) from begun as b
+                """,
                 "select * from idmerge.refresh_report_tables_begin($1)",
             ]
             for call in calls {
@@ -1043,6 +1064,28 @@ struct ReportDerivedTests {
                 #expect(throws: PostgresError.self, "\(call)") { try db.query(call, [project.id]) }
                 try db.execute("rollback")
             }
+            // What begin returned, on another connection but in a snapshot of its own, taken
+            // after a transaction committed (it could have updated the rows begin located): a
+            // ctid names a row version only in the snapshot that read it.
+            try db.execute("begin isolation level repeatable read")
+            let begun = try db.query(
+                """
+                select stale::text as stale, state::text as state, props_partitions::text as partitions,
+                    props_ctids::text as ctids, props_people::text as people
+                from idmerge.refresh_report_tables_begin($1)
+                """, [project.id]
+            ).first!
+            let other = try TestDatabase.connect(conninfo)
+            defer { other.close() }
+            try other.query("select txid_current()")
+            try other.execute("begin isolation level repeatable read")
+            #expect(throws: PostgresError.self, "report_write_props outside begin's snapshot") {
+                try other.query(
+                    "select idmerge.report_write_props($1, $2::text[], $3::jsonb, $4::oid[], $5::tid[], $6::text[])",
+                    [project.id, begun["stale"], begun["state"], begun["partitions"], begun["ctids"], begun["people"]])
+            }
+            try other.execute("rollback")
+            try db.execute("rollback")
             let after = try db.query(derivedTablesDigest, [project.id]).first!
             expectSameDerivedTables(after, before, "after the refused calls")
         }

@@ -59,10 +59,11 @@ public struct NightlyJob {
     /// With `props`, an incremental refresh is split in two (sql/150_report_tables.sql,
     /// "Refreshing"): `refresh_report_tables_begin` finds the stale people and their live
     /// events on `connection`, which then writes every table but `report_person_props`; `props`
-    /// reads the same events in the same snapshot (`pg_export_snapshot`) and rewrites their
-    /// props rows in a transaction of its own, at the same time. `props` commits first and
-    /// `connection` only after it (reports are exact whichever of the two commits). The two
-    /// parts take about as long as each other (BENCHMARKS.md, "Nightly job, session 7").
+    /// reads the same events again in the same snapshot (`pg_export_snapshot`), by the ctids
+    /// begin returned, and rewrites their props rows in a transaction of its own, at the same
+    /// time. `props` commits first and `connection` only after it (reports are exact whichever
+    /// of the two commits). The two parts take about as long as each other (BENCHMARKS.md,
+    /// "Nightly job, session 7" and "session 8").
     ///
     /// - Returns: the people rewritten.
     /// - Throws: ``PostgresError``; then nothing was committed, or only the props part.
@@ -85,13 +86,17 @@ public struct NightlyJob {
             // the second step needs.
             let begun = try connection.query(
                 """
-                select stale::text as stale, cardinality(stale) as count, state::text as state
+                select stale::text as stale, cardinality(stale) as count, state::text as state,
+                    props_partitions::text as partitions, props_ctids::text as ctids, props_people::text as people
                 from idmerge.refresh_report_tables_begin($1)
                 """, [projectId]
             ).first!
             let stale: String? = begun["stale"]
             let staleCount: Int? = try begun.decode("count")
             let state: String = try begun.decode("state")
+            // Where the stale people's events are stored, and whose they are: the props part
+            // reads them again by ctid (array literals, passed on as they are).
+            let located: [String?] = [begun["partitions"], begun["ctids"], begun["people"]]
             let finish = """
                 select people, full_rebuild
                 from idmerge.refresh_report_tables_finish($1, $2::text[], $3::jsonb, $4)
@@ -113,7 +118,8 @@ public struct NightlyJob {
                     try props.execute("set transaction snapshot '\(snapshot)'")
                     try props.execute("set local synchronous_commit = off")
                     try props.query(
-                        "select idmerge.report_write_props($1, $2::text[], $3::jsonb)", [projectId, stale, state])
+                        "select idmerge.report_write_props($1, $2::text[], $3::jsonb, $4::oid[], $5::tid[], $6::text[])",
+                        [projectId, stale, state, located[0], located[1], located[2]])
                 }
             }
             let rest = Swift.Result { () throws -> (Int, Bool) in

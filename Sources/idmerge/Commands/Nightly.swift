@@ -24,6 +24,13 @@ struct Nightly: ParsableCommand {
     func run() throws {
         try runReporting {
             let logger = connection.makeLogger()
+            // The report tables are refreshed beside the identity rewrite, on two more
+            // connections: they open at once, beside this one's.
+            let settings = ConnectionSettings.resolve(option: connection.databaseURL)
+            let reportConnections = ConnectionPrefetch(count: 2) {
+                try settings.connect(logger: logger, applicationName: "idmerge nightly (report tables)")
+            }
+            defer { reportConnections.closeUntaken() }
             let db = try connection.connect(logger: logger, applicationName: "idmerge nightly")
             defer { db.close() }
             guard let project = try Projects.find(name: projectOption.project, on: db) else {
@@ -31,11 +38,7 @@ struct Nightly: ParsableCommand {
             }
             var job = NightlyJob(connection: db, project: project, logger: logger)
             job.chunkSize = max(1, chunkSize)
-            // The report tables are refreshed beside the identity rewrite, on two more connections.
-            let settings = ConnectionSettings.resolve(option: connection.databaseURL)
-            job.reportConnection = {
-                try settings.connect(logger: logger, applicationName: "idmerge nightly (report tables)")
-            }
+            job.reportConnection = { try reportConnections.take() }
             job.progress = { links, rows in printError("  \(links) links applied, \(rows) rows rewritten") }
             let start = Date()
             do {
