@@ -82,6 +82,34 @@ public struct NightlyJob {
             // The props part reads in this transaction's snapshot.
             let snapshot: String? =
                 props == nil ? nil : try connection.query("select pg_export_snapshot() as s").first!.decode("s")
+            // SET TRANSACTION SNAPSHOT takes no parameter: the id is checked (hex digits and
+            // dashes, as PostgreSQL writes it) before it is quoted into the statement.
+            if let snapshot, snapshot.isEmpty || !snapshot.allSatisfy({ $0.isHexDigit || $0 == "-" }) {
+                throw PostgresError(
+                    kind: .protocolViolation, code: .clientError,
+                    message: "unexpected snapshot id from pg_export_snapshot(): \(snapshot)")
+            }
+            // The props part's transaction opens in that snapshot now, while begin runs, and
+            // waits for what begin returns (nil: nothing for it to do; it then rolls back).
+            let handoff = Handoff<[any PostgresBindable]>()
+            let propsPart = props.map { props in
+                Background(props) { props in
+                    try props.transaction { props in
+                        try props.execute("set transaction isolation level repeatable read")
+                        try props.execute("set transaction snapshot '\(snapshot!)'")
+                        try props.execute("set local synchronous_commit = off")
+                        guard let parameters = handoff.take() else { throw PropsPartNotNeeded() }
+                        try props.query(
+                            "select idmerge.report_write_props($1, $2::text[], $3::jsonb, $4::oid[], $5::tid[], $6::text[])",
+                            parameters)
+                    }
+                }
+            }
+            // Whatever happens below, the props part has ended before this returns.
+            defer {
+                handoff.give(nil)
+                _ = propsPart?.wait()
+            }
             // The stale people as an array literal, passed on as is (null: everyone), and what
             // the second step needs.
             let begun = try connection.query(
@@ -94,40 +122,25 @@ public struct NightlyJob {
             let stale: String? = begun["stale"]
             let staleCount: Int? = try begun.decode("count")
             let state: String = try begun.decode("state")
-            // Where the stale people's events are stored, and whose they are: the props part
-            // reads them again by ctid (array literals, passed on as they are).
-            let located: [String?] = [begun["partitions"], begun["ctids"], begun["people"]]
             let finish = """
                 select people, full_rebuild
                 from idmerge.refresh_report_tables_finish($1, $2::text[], $3::jsonb, $4)
                 """
-            guard let props, let snapshot, let stale, let staleCount, staleCount > 0 else {
+            guard let propsPart, let stale, let staleCount, staleCount > 0 else {
+                handoff.give(nil)
+                _ = propsPart?.wait()
                 let row = try connection.query(finish, [projectId, stale, state, "all"]).first!
                 return (try row.decode("people"), try row.decode("full_rebuild"))
             }
-            // SET TRANSACTION SNAPSHOT takes no parameter: the id is checked (hex digits and
-            // dashes, as PostgreSQL writes it) before it is quoted into the statement.
-            guard !snapshot.isEmpty, snapshot.allSatisfy({ $0.isHexDigit || $0 == "-" }) else {
-                throw PostgresError(
-                    kind: .protocolViolation, code: .clientError,
-                    message: "unexpected snapshot id from pg_export_snapshot(): \(snapshot)")
-            }
-            let propsPart = Background(props) { props in
-                try props.transaction { props in
-                    try props.execute("set transaction isolation level repeatable read")
-                    try props.execute("set transaction snapshot '\(snapshot)'")
-                    try props.execute("set local synchronous_commit = off")
-                    try props.query(
-                        "select idmerge.report_write_props($1, $2::text[], $3::jsonb, $4::oid[], $5::tid[], $6::text[])",
-                        [projectId, stale, state, located[0], located[1], located[2]])
-                }
-            }
+            // Where the stale people's events are stored, and whose they are: the props part
+            // reads them again by ctid (array literals, passed on as they are).
+            let located: [String?] = [begun["partitions"], begun["ctids"], begun["people"]]
+            handoff.give([projectId, stale, state, located[0], located[1], located[2]])
             let rest = Swift.Result { () throws -> (Int, Bool) in
                 let row = try connection.query(finish, [projectId, stale, state, "rest"]).first!
                 return (try row.decode("people"), try row.decode("full_rebuild"))
             }
-            // The props part commits first (or this one rolls back); whatever this one's
-            // outcome, that one has ended before this returns.
+            // The props part commits first (or this one rolls back).
             try propsPart.wait().get()
             return try rest.get()
         }
@@ -283,11 +296,42 @@ public struct NightlyJob {
     }
 }
 
+/// The props part was not needed (begin found no one stale, or everyone): it rolled back.
+private struct PropsPartNotNeeded: Error {}
+
+/// One value handed from one thread to another: ``give(_:)`` once (later calls are ignored),
+/// ``take()`` waits for it.
+private final class Handoff<T>: @unchecked Sendable {
+    private let given = DispatchSemaphore(value: 0)
+    private let gate = NSLock()
+    // Under `gate`; read by the taker only after `given` is signalled.
+    private var value: T?
+    private var done = false
+
+    func give(_ value: T?) {
+        gate.lock()
+        defer { gate.unlock() }
+        guard !done else { return }
+        done = true
+        self.value = value
+        given.signal()
+    }
+
+    func take() -> T? {
+        given.wait()
+        gate.lock()
+        defer { gate.unlock() }
+        return value
+    }
+}
+
 /// Work on a connection, on a thread of its own; ``wait()`` returns its result.
 private final class Background<T>: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
-    // Written by the thread before it signals `done`, read only after the wait.
+    // Written by the thread before it signals `done`, read only after the first wait.
     private var result: Result<T, any Error>?
+    private let waitGate = NSLock()
+    private var waited = false
 
     private let connection: Connection
     private let body: (Connection) throws -> T
@@ -304,9 +348,14 @@ private final class Background<T>: @unchecked Sendable {
         thread.start()
     }
 
-    /// Blocks until the work has ended. Call once.
+    /// Blocks until the work has ended (at once after the first call).
     func wait() -> Result<T, any Error> {
-        done.wait()
+        waitGate.lock()
+        defer { waitGate.unlock() }
+        if !waited {
+            done.wait()
+            waited = true
+        }
         return result!
     }
 }
