@@ -26,27 +26,37 @@ as $$
 declare
     link_count bigint;
     row_count_rewritten bigint;
+    -- The chunk's mappings, as three arrays in one order (seq, then id: unique), not a temp
+    -- table: creating one (and its TOAST table, for the text columns) and dropping it cost
+    -- about 3 ms a chunk in the file system (BENCHMARKS.md, "Nightly job, session 8").
+    ids text[];
+    canonical_ids text[];
+    seqs bigint[];
 begin
-    drop table if exists pg_temp.idmerge_nightly_chunk;
-    create temp table idmerge_nightly_chunk on commit drop as
-    select m.id, m.canonical_id, m.seq
-    from idmerge.identity_map as m
-    where m.project_id = p_project_id and not m.rewritten and m.seq <= max_seq
-    order by m.seq, m.id
-    limit chunk_size;
+    select coalesce(array_agg(c.id order by c.seq, c.id), '{}'),
+           coalesce(array_agg(c.canonical_id order by c.seq, c.id), '{}'),
+           coalesce(array_agg(c.seq order by c.seq, c.id), '{}')
+    into ids, canonical_ids, seqs
+    from (
+        select m.id, m.canonical_id, m.seq
+        from idmerge.identity_map as m
+        where m.project_id = p_project_id and not m.rewritten and m.seq <= max_seq
+        order by m.seq, m.id
+        limit chunk_size
+    ) as c;
 
-    get diagnostics link_count = row_count;
+    link_count := cardinality(ids);
     if link_count = 0 then
         links := 0;
         rows_rewritten := 0;
         return next;
         return;
     end if;
-    analyze pg_temp.idmerge_nightly_chunk;
 
+    -- (The custom plan knows the arrays' lengths: unnest's row estimate.)
     update idmerge.events as e
     set distinct_id = c.canonical_id, resolved_seq = c.seq
-    from pg_temp.idmerge_nightly_chunk as c
+    from unnest(ids, canonical_ids, seqs) as c (id, canonical_id, seq)
     where e.project_id = p_project_id
         and e.ingested_distinct_id = c.id
         and e.resolved_seq < c.seq;
@@ -55,7 +65,7 @@ begin
 
     update idmerge.identity_map as m
     set rewritten = true, updated_at = now()
-    from pg_temp.idmerge_nightly_chunk as c
+    from unnest(ids, seqs) as c (id, seq)
     where m.project_id = p_project_id and m.id = c.id and m.seq = c.seq;
 
     links := link_count;
