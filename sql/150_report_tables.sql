@@ -534,7 +534,14 @@ begin
         delete from idmerge.report_person_props where project_id = p_project_id and distinct_id = any(p_stale);
     end if;
     -- The events: the temp table, or each partition's rows by ctid ("Tid Scan", sequential
-    -- scans being off), paired with whose they are.
+    -- scans being off), paired with whose they are. Only partitions of idmerge.events.
+    if p_state is not null and exists (
+            select from (select distinct x.partition from unnest(p_partitions) as x (partition)) as p
+            where p.partition is null or p.partition not in (
+                select i.inhrelid from pg_catalog.pg_inherits as i where i.inhparent = 'idmerge.events'::regclass)) then
+        raise exception 'report_write_props: props_partitions must name partitions of idmerge.events, as refresh_report_tables_begin returned them'
+            using errcode = 'invalid_parameter_value';
+    end if;
     if p_state is null then
         events_source := 'select t.distinct_id, t.ms, t.seq, t.properties from pg_temp.idmerge_report_events as t';
     else

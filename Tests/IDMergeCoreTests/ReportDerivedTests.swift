@@ -1017,6 +1017,59 @@ struct ReportDerivedTests {
         }
     }
 
+    /// Devices whose events span three months (three partitions of idmerge.events), linked
+    /// to users: the nightly job's props part reads them again by ctid in each partition, and
+    /// the derived tables come out as a full rebuild makes them.
+    @Test func propsPartReadsEventsAcrossPartitions() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            // 2026-01-05, 2026-02-05 and 2026-03-05 (UTC), a device's events a second apart.
+            let months = [1_767_571_200, 1_770_249_600, 1_772_668_800]
+            var anonymous: [Any] = []
+            var links: [Any] = []
+            for d in 0..<20 {
+                for (m, start) in months.enumerated() {
+                    anonymous.append([
+                        "event": m == 1 ? "Blog Read" : "Page View",
+                        "properties": [
+                            "time": start + d, "$device_id": "months-\(d)", "$insert_id": "months-\(d)-\(m)",
+                            "utm_source": "source-\(m)", "revenue": Double(d) + 0.5,
+                        ] as [String: Any],
+                    ])
+                }
+                links.append([
+                    "event": "Sign Up",
+                    "properties": [
+                        "time": months[2] + 3_600 + d, "$device_id": "months-\(d)", "$user_id": "u-months-\(d)",
+                        "$insert_id": "months-\(d)-signup",
+                    ],
+                ])
+            }
+            _ = try importer.importBytes(try ndjson(anonymous), name: "three months of anonymous devices")
+            var job = NightlyJob(connection: db, project: project, logger: TestDatabase.logger)
+            job.reportConnection = { try TestDatabase.connect(conninfo) }
+            _ = try job.run()
+            _ = try importer.importBytes(try ndjson(links), name: "links")
+            let partitions: Int = try db.query(
+                "select count(distinct tableoid) as n from idmerge.events where project_id = $1", [project.id]
+            ).first!.decode("n")
+            #expect(partitions == 3)
+            let run = try job.run()
+            #expect(run.linksApplied == 20)
+            #expect(run.reportPeopleRefreshed == 20)
+            let props: Int = try db.query(
+                "select count(*) as n from idmerge.report_person_props where project_id = $1 and distinct_id like 'u-months-%'",
+                [project.id]
+            ).first!.decode("n")
+            // utm_source and revenue for each of the 20 users.
+            #expect(props == 40)
+            try expectDerivedTablesEqualAFullRebuild(db, projectId: project.id, "events across partitions")
+        }
+    }
+
     /// The refresh's steps called by hand with what begin did not return (another stale list,
     /// a full rebuild's null, no state) fail with a clear error, and the tables stay as they
     /// were.
@@ -1053,6 +1106,12 @@ struct ReportDerivedTests {
                 """
                 select idmerge.report_write_props($1, b.stale, b.state, b.props_partitions, b.props_ctids,
                     array_fill('someone-else'::text, array[cardinality(b.props_people)])) from begun as b
+                """,
+                // Another table's rows at those ctids.
+                """
+                select idmerge.report_write_props($1, b.stale, b.state,
+                    array_fill('idmerge.report_person_props'::regclass::oid, array[cardinality(b.props_partitions)]),
+                    b.props_ctids, b.props_people) from begun as b
                 """,
                 "select * from idmerge.refresh_report_tables_begin($1)",
             ]
