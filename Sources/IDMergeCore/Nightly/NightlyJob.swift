@@ -26,7 +26,9 @@ public struct NightlyJob {
     /// instead of their sum. That is exact: the refresh reads the live view in one snapshot,
     /// and the live view does not depend on how far the rewrite has got
     /// (sql/150_report_tables.sql, "Exactness"). Nil, or when it throws at once: the refresh
-    /// follows the rewrite on ``connection``.
+    /// follows the rewrite on ``connection``. Called twice, one call after the other, on the
+    /// refresh's thread, when the run starts; ``ConnectionPrefetch/take()`` can hand out
+    /// connections opened before (the CLI opens them at process start, beside ``connection``).
     public var reportConnection: (@Sendable () throws -> Connection)?
 
     public init(connection: Connection, project: Project, logger: Logger) {
