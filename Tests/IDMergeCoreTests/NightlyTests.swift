@@ -164,12 +164,42 @@ struct NightlyTests {
             #expect(pendingAfterKill > 0, "the job was killed before it finished")
             // The view is exact even half-way.
             #expect(try liveViewErrors(db, projectId: project.id) == 0)
+            // Recorded as running, shown as failed: no session holds its lock.
+            let recorded = try db.query("select outcome from idmerge.job_runs order by id desc limit 1").first!
+            #expect(recorded["outcome"] == "running")
+            #expect(try Freshness.read(project: project, on: db).lastRunOutcome == "failed")
 
             let rerun = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
             #expect(rerun.linksApplied == pendingAfterKill)
             #expect(try invariantViolations(db, projectId: project.id) == 0)
             let outcomes = try db.query("select outcome from idmerge.job_runs order by id").rows.map { $0["outcome"] }
             #expect(outcomes == ["failed", "succeeded"])
+        }
+    }
+
+    /// A run recorded as running is shown as running while a session holds the project's
+    /// nightly lock, and as failed once none does (its process killed, its connection lost),
+    /// as the next run records it.
+    @Test func statusShowsARunWithoutItsLockAsFailed() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            try db.query("insert into idmerge.job_runs (project_id, job) values ($1, 'nightly')", [project.id])
+            let holder = try TestDatabase.connect(conninfo)
+            try holder.query("select pg_advisory_lock($1)", [NightlyJob.lockKey(projectId: project.id)])
+            #expect(try Freshness.read(project: project, on: db).lastRunOutcome == "running")
+            // Another project's lock does not count.
+            try db.query("select pg_advisory_lock($1)", [NightlyJob.lockKey(projectId: project.id + 1)])
+            holder.close()
+            // The holder's backend ends a moment after its client has gone.
+            var outcome: String?
+            for _ in 0..<250 {
+                outcome = try Freshness.read(project: project, on: db).lastRunOutcome
+                if outcome == "failed" { break }
+                usleep(20_000)
+            }
+            #expect(outcome == "failed")
         }
     }
 

@@ -466,9 +466,14 @@ public struct Freshness: Sendable, Equatable {
     public var lastRunLinksApplied: Int?
     public var lastRunRowsRewritten: Int?
 
-    /// Reads the project's freshness (`sql/queries/project_status.sql`).
+    /// Reads the project's freshness (`sql/queries/project_status.sql`). A run recorded as
+    /// running whose advisory lock no session holds (killed, or its connection lost) is
+    /// reported as failed, as the next run records it.
     public static func read(project: Project, on connection: Connection) throws -> Freshness {
-        let row = try connection.query(try SQLResources.query("queries/project_status.sql"), [project.id]).first!
+        let row = try connection.query(
+            try SQLResources.query("queries/project_status.sql"),
+            [project.id, NightlyJob.lockKey(projectId: project.id)]
+        ).first!
         return Freshness(
             newestEventAt: try row.decode("newest_event_at"), identityAsOf: try row.decode("identity_as_of"),
             pendingLinks: try row.decode("pending_links"), pendingEvents: try row.decode("pending_events"),
