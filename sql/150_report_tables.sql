@@ -486,9 +486,11 @@ comment on function idmerge.refresh_report_tables_begin(integer, boolean) is
 -- fills it, or, when p_state is given (on the props part's connection, in begin's snapshot),
 -- the same rows read again by ctid. p_stale, p_state and the three arrays must be what begin
 -- returned: its props_partitions, props_ctids and props_people, one element per event (where
--- it is stored, and whose it is). Checked: the digest of p_stale, the snapshot, the number
--- of events, and that each is a stale person's. A ctid names a row version only in the
--- snapshot that read it, hence the check of the snapshot.
+-- it is stored, and whose it is). Checked: the digest of p_stale; the snapshot (a ctid names
+-- a row version only in the snapshot that read it); the number of events, each found once, in
+-- this snapshot, in a partition of idmerge.events, and of this project; each person a stale
+-- one. Not checked: that each person is the one begin read for that event (props_people is
+-- taken as begin returned it).
 drop function if exists idmerge.report_write_props(integer, text[], jsonb);
 
 create or replace function idmerge.report_write_props(
@@ -504,6 +506,10 @@ set jit = off
 as $$
 declare
     events_source text;
+    insert_statement text;
+    -- The events found by ctid, and how many distinct ones.
+    found bigint;
+    found_distinct bigint;
 begin
     if p_state is not null and (p_stale is null or p_state ->> 'as_of_seq' is null or not (p_state ? 'snapshot')
                                 or p_state ->> 'stale_md5' is distinct from md5(p_stale::text)) then
@@ -545,19 +551,23 @@ begin
     if p_state is null then
         events_source := 'select t.distinct_id, t.ms, t.seq, t.properties from pg_temp.idmerge_report_events as t';
     else
+        -- Only the project's rows (another project's at a ctid given would not be found).
         events_source := coalesce(nullif(array_to_string(array(
             select format(
-                'select h.person as distinct_id, idmerge.report_ms(r.time) as ms, r.seq, r.properties
+                'select h.person as distinct_id, idmerge.report_ms(r.time) as ms, r.seq, r.properties,
+                        h.partition, h.ctid
                  from unnest($3, $4, $5) as h (partition, ctid, person)
-                 inner join %s as r on r.ctid = h.ctid
+                 inner join %s as r on r.ctid = h.ctid and r.project_id = $1
                  where h.partition = %s', p.partition::regclass, p.partition)
             from (select distinct x.partition from unnest(p_partitions) as x (partition)) as p
             order by p.partition), ' union all '), ''),
-            'select null::text as distinct_id, null::bigint as ms, null::bigint as seq, null::jsonb as properties where false');
+            'select null::text as distinct_id, null::bigint as ms, null::bigint as seq, null::jsonb as properties,
+                    null::oid as partition, null::tid as ctid
+             where false');
     end if;
     -- The sorts and groupings compare ids in the "C" collation (as in
     -- refresh_report_tables_finish).
-    execute format($insert$
+    insert_statement := format($insert$
     insert into idmerge.report_person_props (project_id, key, distinct_id, times, seqs, vals)
     select $1, kv.key collate "C", e.distinct_id collate "C",
            array_agg(e.ms order by e.ms, e.seq), array_agg(e.seq order by e.ms, e.seq),
@@ -569,8 +579,24 @@ begin
     cross join lateral (select k.key, e.properties -> k.key as value) as kv
     where k.key <> all($2) and jsonb_typeof(kv.value) <> 'null'
     group by 2, 3
-    order by 2, 3$insert$, events_source)
-    using p_project_id, idmerge.report_excluded_keys(), p_partitions, p_ctids, p_people;
+    order by 2, 3$insert$,
+        case when p_state is null then events_source else 'select * from located' end);
+    if p_state is null then
+        execute insert_statement using p_project_id, idmerge.report_excluded_keys();
+    else
+        -- Every event given found, once: a ctid of a row version this snapshot does not see
+        -- (another begin's, say), of another project's row, or given twice, is refused.
+        execute format(
+            'with located as materialized (%s), written as (%s returning 1)
+             select count(*), count(distinct (l.partition, l.ctid)) from located as l', events_source, insert_statement)
+        into found, found_distinct
+        using p_project_id, idmerge.report_excluded_keys(), p_partitions, p_ctids, p_people;
+        if found <> cardinality(p_ctids) or found_distinct <> found then
+            raise exception 'report_write_props: % of the % events given were found in this snapshot (% distinct); give the events that refresh_report_tables_begin returned in it',
+                found, cardinality(p_ctids), found_distinct
+                using errcode = 'invalid_parameter_value';
+        end if;
+    end if;
     -- On a connection of its own, committed before the other part: whom it rewrote, for the
     -- next refresh should that part never commit (migrations/0017_report_props_written.sql).
     if p_state is not null then

@@ -58,6 +58,7 @@ struct CLIUsageTests {
         ["cohort", "export", "--did", "A", "--property", "user_id"],
         ["activity", "u1", "--limit", "many"],
         ["import"],
+        ["nightly", "--chunk-size", "0"],
         ["nosuchcommand"],
     ]
 

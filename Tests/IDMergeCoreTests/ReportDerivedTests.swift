@@ -1107,6 +1107,16 @@ struct ReportDerivedTests {
                 select idmerge.report_write_props($1, b.stale, b.state, b.props_partitions, b.props_ctids,
                     array_fill('someone-else'::text, array[cardinality(b.props_people)])) from begun as b
                 """,
+                // A ctid that names no row; one given twice (the others shifted).
+                """
+                select idmerge.report_write_props($1, b.stale, b.state, b.props_partitions,
+                    array['(99999,1)'::tid] || b.props_ctids[2:], b.props_people) from begun as b
+                """,
+                """
+                select idmerge.report_write_props($1, b.stale, b.state, b.props_partitions,
+                    b.props_ctids[1:1] || b.props_ctids[1:cardinality(b.props_ctids) - 1], b.props_people)
+                from begun as b
+                """,
                 // Another table's rows at those ctids.
                 """
                 select idmerge.report_write_props($1, b.stale, b.state,

@@ -6,8 +6,9 @@ import PGClient
 /// own work instead of delaying the step that needs them (the nightly job's refresh:
 /// BENCHMARKS.md, "Nightly job, session 8").
 ///
-/// ``take()`` hands them out in turn, waiting for one still opening; once they are all
-/// taken it opens a new one. ``closeUntaken()`` closes those never taken. Thread-safe.
+/// ``take()`` hands them out in turn, waiting for one still opening and passing over those
+/// that could not be opened; once none is left it opens a new one. ``closeUntaken()``
+/// closes those never taken. Thread-safe.
 public final class ConnectionPrefetch: @unchecked Sendable {
     private final class Opening: @unchecked Sendable {
         let done = DispatchSemaphore(value: 0)
@@ -34,17 +35,27 @@ public final class ConnectionPrefetch: @unchecked Sendable {
         }
     }
 
-    /// The next connection opened ahead (waiting for it), or a new one when none is left.
-    /// The caller owns it and closes it.
+    /// The next connection opened ahead (waiting for it; those whose opening failed are
+    /// passed over), or a new one when none is left. The caller owns it and closes it.
     ///
-    /// - Throws: what `open` threw for that connection.
+    /// - Throws: when none of those left could be opened, what `open` threw for the last of
+    ///   them; when none was left, what `open` throws.
     public func take() throws -> Connection {
-        gate.lock()
-        let next = pending.isEmpty ? nil : pending.removeFirst()
-        gate.unlock()
-        guard let next else { return try open() }
-        next.done.wait()
-        return try next.result!.get()
+        var failure: (any Error)?
+        while true {
+            gate.lock()
+            let next = pending.isEmpty ? nil : pending.removeFirst()
+            gate.unlock()
+            guard let next else {
+                if let failure { throw failure }
+                return try open()
+            }
+            next.done.wait()
+            switch next.result! {
+            case .success(let connection): return connection
+            case .failure(let error): failure = error
+            }
+        }
     }
 
     /// Closes the connections never taken, once they have opened (errors are dropped: they were

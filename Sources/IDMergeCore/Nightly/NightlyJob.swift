@@ -73,9 +73,21 @@ public struct NightlyJob {
         throws -> Int
     {
         // A refresh whose client is gone (kill -9) cannot commit: its backend stops within a
-        // second instead of working on beside the next run.
-        try connection.execute("set client_connection_check_interval = '1s'")
-        try props?.execute("set client_connection_check_interval = '1s'")
+        // second instead of working on beside the next run. Both transactions wait, idle, for
+        // each other (the props part for begin's hand-over, this one for the props part's
+        // commit): a role's idle_in_transaction_session_timeout must not end them.
+        for session in [connection, props].compactMap({ $0 }) {
+            try session.execute(
+                "set client_connection_check_interval = '1s'; set idle_in_transaction_session_timeout = 0")
+        }
+        // One refresh of a project at a time, even when the run that started one has lost its
+        // own connection, and with it the nightly lock (its refresh works on until it notices
+        // that its client is gone): the next run's refresh waits for it, instead of failing
+        // on the rows it writes. Taken before the transaction, so that its snapshot is taken
+        // after the wait.
+        let refreshKey = Connection.advisoryKey("idmerge.nightly.refresh.\(projectId)")
+        try connection.query("select pg_advisory_lock($1)", [refreshKey])
+        defer { _ = try? connection.query("select pg_advisory_unlock($1)", [refreshKey]) }
         let (people, full) = try connection.transaction { connection -> (Int, Bool) in
             try connection.execute("set transaction isolation level repeatable read")
             // The tables are an unlogged cache (emptied by a crash; reports then read the live

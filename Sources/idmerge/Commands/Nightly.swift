@@ -18,26 +18,32 @@ struct Nightly: ParsableCommand {
     @OptionGroup var projectOption: ProjectOption
     @Flag(name: .customLong("no-wait"), help: "Exit with code 75 instead of waiting when another run is in progress.")
     var noWait = false
-    @Option(name: .customLong("chunk-size"), help: "Identity mappings per committed chunk.")
+    @Option(name: .customLong("chunk-size"), help: "Identity mappings per committed chunk (at least 1).")
     var chunkSize = 2000
+
+    func validate() throws {
+        guard chunkSize >= 1 else { throw ValidationError("--chunk-size must be at least 1, not \(chunkSize)") }
+    }
 
     func run() throws {
         try runReporting {
             let logger = connection.makeLogger()
+            let db = try connection.connect(logger: logger, applicationName: "idmerge nightly")
+            defer { db.close() }
             // The report tables are refreshed beside the identity rewrite, on two more
-            // connections: they open at once, beside this one's.
+            // connections: they open now, both at once, while this one finds the project and
+            // takes the lock. Only now: where the server allows fewer connections, this one,
+            // which the run needs, must not lose its slot to them.
             let settings = ConnectionSettings.resolve(option: connection.databaseURL)
             let reportConnections = ConnectionPrefetch(count: 2) {
                 try settings.connect(logger: logger, applicationName: "idmerge nightly (report tables)")
             }
             defer { reportConnections.closeUntaken() }
-            let db = try connection.connect(logger: logger, applicationName: "idmerge nightly")
-            defer { db.close() }
             guard let project = try Projects.find(name: projectOption.project, on: db) else {
                 throw ProjectError(message: "no project named \"\(projectOption.project)\"")
             }
             var job = NightlyJob(connection: db, project: project, logger: logger)
-            job.chunkSize = max(1, chunkSize)
+            job.chunkSize = chunkSize
             job.reportConnection = { try reportConnections.take() }
             job.progress = { links, rows in printError("  \(links) links applied, \(rows) rows rewritten") }
             let start = Date()
