@@ -295,6 +295,52 @@ struct NightlyTests {
         }
     }
 
+    /// A refresh left working by a run that lost its connection (and so the nightly lock)
+    /// holds the refresh lock: the next run's refresh waits for it, then runs, instead of
+    /// failing on the rows the other writes.
+    @Test func theNextRefreshWaitsForOneStillWorking() throws {
+        try TestDatabase.withFresh { conninfo in
+            let db = try TestDatabase.connect(conninfo)
+            defer { db.close() }
+            let (project, _) = try Projects.findOrCreateDefault(name: "default", on: db)
+            let importer = Importer(connection: db, project: project, logger: TestDatabase.logger)
+            let (anonymous, links) = try anonymousThenLinked(devices: 10, perDevice: 2, prefix: "wait-")
+            _ = try importer.importBytes(anonymous, name: "anonymous")
+            _ = try NightlyJob(connection: db, project: project, logger: TestDatabase.logger).run()
+            _ = try importer.importBytes(links, name: "links")
+            // The refresh still working elsewhere, as far as the lock goes.
+            let other = try TestDatabase.connect(conninfo)
+            try other.query("select pg_advisory_lock($1)", [NightlyJob.refreshLockKey(projectId: project.id)])
+            final class Box: @unchecked Sendable { var result: Result<NightlyJob.Result, any Error>? }
+            let box = Box()
+            let done = DispatchSemaphore(value: 0)
+            let thread = Thread {
+                box.result = Result {
+                    let connection = try TestDatabase.connect(conninfo)
+                    defer { connection.close() }
+                    var job = NightlyJob(connection: connection, project: project, logger: TestDatabase.logger)
+                    job.reportConnection = { try TestDatabase.connect(conninfo) }
+                    return try job.run()
+                }
+                done.signal()
+            }
+            thread.start()
+            #expect(done.wait(timeout: .now() + 0.5) == .timedOut, "the run waits for the refresh lock")
+            let waiting: Int = try db.query(
+                """
+                select count(*) as n from pg_stat_activity
+                where datname = current_database() and wait_event_type = 'Lock' and wait_event = 'advisory'
+                """
+            ).first!.decode("n")
+            #expect(waiting == 1)
+            other.close()
+            #expect(done.wait(timeout: .now() + 30) == .success)
+            let run = try box.result!.get()
+            #expect(run.reportPeopleRefreshed == 10)
+            try expectDerivedTablesEqualAFullRebuild(db, projectId: project.id, "after the wait")
+        }
+    }
+
     /// Imports that make new links while the job runs: the live view is exact throughout
     /// and after.
     @Test func importsDuringTheJobKeepTheViewExact() throws {

@@ -85,7 +85,7 @@ public struct NightlyJob {
         // that its client is gone): the next run's refresh waits for it, instead of failing
         // on the rows it writes. Taken before the transaction, so that its snapshot is taken
         // after the wait.
-        let refreshKey = Connection.advisoryKey("idmerge.nightly.refresh.\(projectId)")
+        let refreshKey = refreshLockKey(projectId: projectId)
         try connection.query("select pg_advisory_lock($1)", [refreshKey])
         defer { _ = try? connection.query("select pg_advisory_unlock($1)", [refreshKey]) }
         let (people, full) = try connection.transaction { connection -> (Int, Bool) in
@@ -189,6 +189,13 @@ public struct NightlyJob {
     /// The advisory-lock key of a project's nightly job.
     public static func lockKey(projectId: Int) -> Int64 {
         Connection.advisoryKey("idmerge.nightly.\(projectId)")
+    }
+
+    /// The advisory-lock key a refresh of a project's report tables holds, on its own
+    /// connection, for as long as it runs (a run that lost the nightly lock may leave one
+    /// working; the next one's waits for it).
+    public static func refreshLockKey(projectId: Int) -> Int64 {
+        Connection.advisoryKey("idmerge.nightly.refresh.\(projectId)")
     }
 
     /// Runs the job.
