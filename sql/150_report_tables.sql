@@ -507,9 +507,8 @@ as $$
 declare
     events_source text;
     insert_statement text;
-    -- The events found by ctid, and how many distinct ones.
+    -- The events found by ctid.
     found bigint;
-    found_distinct bigint;
 begin
     if p_state is not null and (p_stale is null or p_state ->> 'as_of_seq' is null or not (p_state ? 'snapshot')
                                 or p_state ->> 'stale_md5' is distinct from md5(p_stale::text)) then
@@ -525,7 +524,10 @@ begin
             p_partitions is null or p_ctids is null or p_people is null
             or cardinality(p_partitions) <> (p_state ->> 'events')::bigint
             or cardinality(p_ctids) <> cardinality(p_partitions) or cardinality(p_people) <> cardinality(p_partitions)
-            or exists (select p.id from unnest(p_people) as p (id) except select s.id from unnest(p_stale) as s (id))) then
+            or exists (select p.id from unnest(p_people) as p (id) except select s.id from unnest(p_stale) as s (id))
+            -- Each event once (hashed: a count(distinct) of the pairs sorts records, 5 ms more).
+            or (select count(*) from (select distinct x.partition, x.ctid from unnest(p_partitions, p_ctids) as x (partition, ctid)) as d)
+               <> cardinality(p_ctids)) then
         raise exception 'report_write_props needs the events that refresh_report_tables_begin returned (props_partitions, props_ctids, props_people), one element each per event of a stale person'
             using errcode = 'invalid_parameter_value';
     end if;
@@ -554,15 +556,13 @@ begin
         -- Only the project's rows (another project's at a ctid given would not be found).
         events_source := coalesce(nullif(array_to_string(array(
             select format(
-                'select h.person as distinct_id, idmerge.report_ms(r.time) as ms, r.seq, r.properties,
-                        h.partition, h.ctid
+                'select h.person as distinct_id, idmerge.report_ms(r.time) as ms, r.seq, r.properties
                  from unnest($3, $4, $5) as h (partition, ctid, person)
                  inner join %s as r on r.ctid = h.ctid and r.project_id = $1
                  where h.partition = %s', p.partition::regclass, p.partition)
             from (select distinct x.partition from unnest(p_partitions) as x (partition)) as p
             order by p.partition), ' union all '), ''),
-            'select null::text as distinct_id, null::bigint as ms, null::bigint as seq, null::jsonb as properties,
-                    null::oid as partition, null::tid as ctid
+            'select null::text as distinct_id, null::bigint as ms, null::bigint as seq, null::jsonb as properties
              where false');
     end if;
     -- The sorts and groupings compare ids in the "C" collation (as in
@@ -584,16 +584,17 @@ begin
     if p_state is null then
         execute insert_statement using p_project_id, idmerge.report_excluded_keys();
     else
-        -- Every event given found, once: a ctid of a row version this snapshot does not see
-        -- (another begin's, say), of another project's row, or given twice, is refused.
+        -- Every event given found (each is given once, checked above): a ctid of a row version
+        -- this snapshot does not see (another begin's, say), or of another project's row, is
+        -- refused.
         execute format(
             'with located as materialized (%s), written as (%s returning 1)
-             select count(*), count(distinct (l.partition, l.ctid)) from located as l', events_source, insert_statement)
-        into found, found_distinct
+             select count(*) from located', events_source, insert_statement)
+        into found
         using p_project_id, idmerge.report_excluded_keys(), p_partitions, p_ctids, p_people;
-        if found <> cardinality(p_ctids) or found_distinct <> found then
-            raise exception 'report_write_props: % of the % events given were found in this snapshot (% distinct); give the events that refresh_report_tables_begin returned in it',
-                found, cardinality(p_ctids), found_distinct
+        if found <> cardinality(p_ctids) then
+            raise exception 'report_write_props: % of the % events given were found in this snapshot; give the events that refresh_report_tables_begin returned in it',
+                found, cardinality(p_ctids)
                 using errcode = 'invalid_parameter_value';
         end if;
     end if;

@@ -28,23 +28,23 @@ struct Nightly: ParsableCommand {
     func run() throws {
         try runReporting {
             let logger = connection.makeLogger()
-            let db = try connection.connect(logger: logger, applicationName: "idmerge nightly")
-            defer { db.close() }
-            // The report tables are refreshed beside the identity rewrite, on two more
-            // connections: they open now, both at once, while this one finds the project and
-            // takes the lock. Only now: where the server allows fewer connections, this one,
-            // which the run needs, must not lose its slot to them.
+            // Three connections open at once, each on a thread of its own: the run's (the first
+            // of them that could be opened) and two for the refresh of the report tables beside
+            // the identity rewrite. Where the server allows fewer, the run takes one that
+            // opened, and the refresh runs on what is left, or on the run's.
             let settings = ConnectionSettings.resolve(option: connection.databaseURL)
-            let reportConnections = ConnectionPrefetch(count: 2) {
-                try settings.connect(logger: logger, applicationName: "idmerge nightly (report tables)")
+            let connections = ConnectionPrefetch(count: 3) {
+                try settings.connect(logger: logger, applicationName: "idmerge nightly")
             }
-            defer { reportConnections.closeUntaken() }
+            defer { connections.closeUntaken() }
+            let db = try connections.take()
+            defer { db.close() }
             guard let project = try Projects.find(name: projectOption.project, on: db) else {
                 throw ProjectError(message: "no project named \"\(projectOption.project)\"")
             }
             var job = NightlyJob(connection: db, project: project, logger: logger)
             job.chunkSize = chunkSize
-            job.reportConnection = { try reportConnections.take() }
+            job.reportConnection = { try connections.take() }
             job.progress = { links, rows in printError("  \(links) links applied, \(rows) rows rewritten") }
             let start = Date()
             do {
